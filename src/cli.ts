@@ -1,0 +1,174 @@
+import { mkdir, writeFile } from "node:fs/promises";
+import { join, relative, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { ConfigError, loadConfig, type Config } from "./config.js";
+import { DEV_CLIENTS, issueCertificate, loadDevCertificateAuthority } from "./dev/pki.js";
+import { createLogger } from "./log.js";
+import { startKeyward, type RunningKeyward } from "./main.js";
+import { migrate } from "./storage/pg/migrate.js";
+import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
+
+const USAGE = `usage: keyward <command> [options]
+
+commands:
+  serve                         start the server (the default); configured by environment, see README
+  migrate                       apply database migrations and exit (DATABASE_URL, or the embedded database)
+  dev-pki issue <name>          issue a client certificate from the dev CA in <data>/pki
+      --spiffe-id <uri>         put this SPIFFE ID in the certificate (default: spiffe://keyward.local/<name>)
+      --cn-only                 no SPIFFE ID: the identity is the subject CN <name>
+      --days <n>                validity in days (default 825)
+      --out <dir>               where to write <name>.crt and <name>.key (default <data>/pki)
+  help                          this text
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command = "serve", ...rest] = argv;
+  switch (command) {
+    case "serve":
+      return serve(loadConfig());
+    case "migrate":
+      return migrateCommand(loadConfig());
+    case "dev-pki":
+      return devPki(loadConfig(), rest);
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE);
+      return 0;
+    default:
+      process.stderr.write(`keyward: unknown command "${command}"\n${USAGE}`);
+      return 2;
+  }
+}
+
+async function serve(config: Config): Promise<number> {
+  const log = createLogger(config.logLevel);
+  let running: RunningKeyward;
+  try {
+    running = await startKeyward(config, log);
+  } catch (err) {
+    log.fatal({ error: (err as Error).message }, "keyward failed to start");
+    return 1;
+  }
+  if (running.development) {
+    process.stderr.write(banner(config, running));
+  }
+  return new Promise((resolveExit) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        log.warn({ signal }, "second signal: exiting without draining");
+        resolveExit(1);
+        return;
+      }
+      stopping = true;
+      log.info({ signal, graceMs: config.shutdownGraceMs }, "shutting down: draining calls in flight");
+      running.close().then(
+        () => {
+          log.info("stopped");
+          resolveExit(0);
+        },
+        (err: unknown) => {
+          log.error({ error: (err as Error).message }, "error while shutting down");
+          resolveExit(1);
+        },
+      );
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+}
+
+function banner(config: Config, running: RunningKeyward): string {
+  const path = (file: string) => {
+    const rel = relative(process.cwd(), file);
+    return rel.startsWith("..") ? file : rel;
+  };
+  const pki = join(config.dataDir, "pki");
+  const host = running.address.family === "IPv6" ? `[${running.address.address}]` : running.address.address;
+  const url = `https://${host}:${running.address.port}`;
+  const client = (name: string) => `--cert ${path(join(pki, `${name}.crt`))} --key ${path(join(pki, `${name}.key`))}`;
+  return `
+  ================================================================================
+   Keyward is running at ${url} with DEVELOPMENT defaults:
+   dev PKI, dev policy and dev root key in ${path(config.dataDir)}${config.databaseUrl ? "" : ", embedded PostgreSQL"}.
+   NOT FOR PRODUCTION. See README for the variables that replace them.
+
+   Try it (identities: ${DEV_CLIENTS.join(", ")}):
+
+     npx buf curl --cacert ${path(join(pki, "ca.crt"))} ${client("admin")} \\
+       ${url}/keyward.v1.AccessService/GetCallerIdentity
+  ================================================================================
+
+`;
+}
+
+async function migrateCommand(config: Config): Promise<number> {
+  const log = createLogger(config.logLevel);
+  const embedded = config.databaseUrl
+    ? undefined
+    : await startEmbeddedPostgres({ dataDir: join(config.dataDir, "postgres"), log: (m) => log.debug(m) });
+  try {
+    const applied = await migrate({
+      connectionString: config.databaseUrl ?? embedded!.connectionString,
+      schema: config.databaseSchema,
+      log: (message) => log.info({ component: "migrate" }, message),
+    });
+    log.info({ migrations: applied }, applied.length > 0 ? "migrations applied" : "database is up to date");
+    return 0;
+  } finally {
+    await embedded?.stop();
+  }
+}
+
+async function devPki(config: Config, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      "spiffe-id": { type: "string" },
+      "cn-only": { type: "boolean", default: false },
+      days: { type: "string", default: "825" },
+      out: { type: "string" },
+    },
+  });
+  const [action, name] = positionals;
+  if (action !== "issue" || !name || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) {
+    process.stderr.write(`keyward: dev-pki issue <name> (letters, digits, . _ -)\n${USAGE}`);
+    return 2;
+  }
+  const days = Number(values.days);
+  if (!Number.isInteger(days) || days < 1 || days > 3650) {
+    process.stderr.write("keyward: --days must be an integer from 1 to 3650\n");
+    return 2;
+  }
+  const spiffeId = values["cn-only"] ? undefined : (values["spiffe-id"] ?? `spiffe://keyward.local/${name}`);
+  if (spiffeId !== undefined && !/^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/.test(spiffeId)) {
+    process.stderr.write("keyward: --spiffe-id must be spiffe://<trust-domain>/<path>\n");
+    return 2;
+  }
+  const pkiDir = join(config.dataDir, "pki");
+  const ca = await loadDevCertificateAuthority(pkiDir).catch(() => undefined);
+  if (!ca) {
+    process.stderr.write(`keyward: no dev CA in ${pkiDir}; run \`npm start\` once to create it\n`);
+    return 1;
+  }
+  const issued = await issueCertificate(ca, { commonName: name, usage: "client", spiffeId, days });
+  const out = resolve(values.out ?? pkiDir);
+  await mkdir(out, { recursive: true, mode: 0o700 });
+  await writeFile(join(out, `${name}.key`), issued.keyPem, { mode: 0o600 });
+  await writeFile(join(out, `${name}.crt`), issued.certPem, { mode: 0o644 });
+  process.stdout.write(
+    `issued ${join(out, `${name}.crt`)} and ${join(out, `${name}.key`)}\n` +
+      `identity: ${spiffeId ?? name} (${spiffeId ? "SPIFFE ID" : "subject CN"}); grant it roles in the policy file\n`,
+  );
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`keyward: ${err instanceof ConfigError ? err.message : (err as Error).message}\n`);
+    process.exit(err instanceof ConfigError ? 2 : 1);
+  },
+);

@@ -1,0 +1,180 @@
+import { isAbsolute, resolve } from "node:path";
+import { parseRootKey, RootKeyError } from "./crypto/root-key.js";
+import type { SecretBytes } from "./crypto/secret-bytes.js";
+
+/** Log levels accepted by KEYWARD_LOG_LEVEL. */
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** TLS material paths. When none is configured the dev PKI in the data folder is used. */
+export interface TlsConfig {
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly clientCaFile: string;
+  /** Optional PEM CRL; certificates it lists are refused. Reloaded with the rest. */
+  readonly crlFile: string | undefined;
+}
+
+/** The whole configuration, read once from the environment, validated and frozen. */
+export interface Config {
+  readonly listen: { readonly host: string; readonly port: number };
+  readonly dataDir: string;
+  /** Absent: an embedded PostgreSQL runs in `<dataDir>/postgres`. */
+  readonly databaseUrl: string | undefined;
+  readonly databasePoolMax: number;
+  /** Schema holding Keyward's tables; absent: the connection's default (usually `public`). */
+  readonly databaseSchema: string | undefined;
+  /** Absent: dev PKI in `<dataDir>/pki`, created on first run. */
+  readonly tls: TlsConfig | undefined;
+  /** Absent: dev policy `<dataDir>/policy.yaml`, created on first run. */
+  readonly policyFile: string | undefined;
+  /** Where the root key is read from; absent: dev root key `<dataDir>/root.key`, created on first run. */
+  readonly rootKey: { readonly file: string } | { readonly key: SecretBytes } | undefined;
+  readonly logLevel: LogLevel;
+  /** How long SIGTERM waits for calls in flight before closing connections. */
+  readonly shutdownGraceMs: number;
+}
+
+/** Thrown for a bad environment; names the variable, never echoes its value. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/**
+ * Every variable Keyward reads, with its default; README's configuration
+ * table and deploy/keyward.env.example are written from this list.
+ */
+export const ENV_VARS = {
+  KEYWARD_LISTEN: "127.0.0.1:8443",
+  KEYWARD_DATA_DIR: "./.keyward",
+  DATABASE_URL: "(unset: embedded PostgreSQL in <data>/postgres)",
+  KEYWARD_DB_POOL_MAX: "10",
+  KEYWARD_DB_SCHEMA: "(unset: the connection's default schema, usually public)",
+  KEYWARD_TLS_CERT: "(unset: dev PKI <data>/pki/server.crt)",
+  KEYWARD_TLS_KEY: "(unset: dev PKI <data>/pki/server.key)",
+  KEYWARD_TLS_CLIENT_CA: "(unset: dev PKI <data>/pki/ca.crt)",
+  KEYWARD_TLS_CRL: "(unset: no CRL)",
+  KEYWARD_POLICY_FILE: "(unset: dev policy <data>/policy.yaml)",
+  KEYWARD_ROOT_KEY_FILE: "(unset: dev root key <data>/root.key)",
+  KEYWARD_ROOT_KEY: "(unset; base64 of 32 bytes, prefer KEYWARD_ROOT_KEY_FILE)",
+  KEYWARD_LOG_LEVEL: "info",
+  KEYWARD_SHUTDOWN_GRACE_MS: "8000",
+} as const;
+
+/**
+ * Reads the configuration from `env` (default `process.env`). Nothing else in
+ * Keyward reads the environment.
+ *
+ * @throws ConfigError naming the first invalid variable.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): Config {
+  const get = (name: keyof typeof ENV_VARS): string | undefined => {
+    const value = env[name]?.trim();
+    return value === undefined || value === "" ? undefined : value;
+  };
+  const path = (name: keyof typeof ENV_VARS): string | undefined => {
+    const value = get(name);
+    return value === undefined ? undefined : isAbsolute(value) ? value : resolve(cwd, value);
+  };
+  const integer = (name: keyof typeof ENV_VARS, min: number, max: number): number => {
+    const text = get(name) ?? ENV_VARS[name];
+    const value = /^\d+$/.test(text) ? Number(text) : NaN;
+    if (!Number.isSafeInteger(value) || value < min || value > max) {
+      throw new ConfigError(`${name} must be an integer from ${min} to ${max}`);
+    }
+    return value;
+  };
+
+  const listen = parseListen(get("KEYWARD_LISTEN") ?? ENV_VARS.KEYWARD_LISTEN);
+
+  const databaseUrl = get("DATABASE_URL");
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    throw new ConfigError("DATABASE_URL must be a postgres:// or postgresql:// URL");
+  }
+
+  const databaseSchema = get("KEYWARD_DB_SCHEMA");
+  if (databaseSchema !== undefined && !/^[a-z_][a-z0-9_]{0,62}$/.test(databaseSchema)) {
+    throw new ConfigError("KEYWARD_DB_SCHEMA must be a lower-case SQL identifier (a-z, 0-9, _; at most 63)");
+  }
+
+  const tlsPaths = {
+    certFile: path("KEYWARD_TLS_CERT"),
+    keyFile: path("KEYWARD_TLS_KEY"),
+    clientCaFile: path("KEYWARD_TLS_CLIENT_CA"),
+  };
+  const tlsSet = Object.values(tlsPaths).filter((value) => value !== undefined).length;
+  if (tlsSet !== 0 && tlsSet !== 3) {
+    throw new ConfigError("KEYWARD_TLS_CERT, KEYWARD_TLS_KEY and KEYWARD_TLS_CLIENT_CA must be set together");
+  }
+  const crlFile = path("KEYWARD_TLS_CRL");
+  if (tlsSet === 0 && crlFile !== undefined) {
+    throw new ConfigError("KEYWARD_TLS_CRL needs KEYWARD_TLS_CERT, KEYWARD_TLS_KEY and KEYWARD_TLS_CLIENT_CA");
+  }
+
+  const rootKeyFile = path("KEYWARD_ROOT_KEY_FILE");
+  if (rootKeyFile !== undefined && get("KEYWARD_ROOT_KEY") !== undefined) {
+    throw new ConfigError("set only one of KEYWARD_ROOT_KEY_FILE and KEYWARD_ROOT_KEY");
+  }
+
+  const logLevel = get("KEYWARD_LOG_LEVEL") ?? ENV_VARS.KEYWARD_LOG_LEVEL;
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw new ConfigError(`KEYWARD_LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")}`);
+  }
+
+  const config: Config = {
+    listen,
+    dataDir: path("KEYWARD_DATA_DIR") ?? resolve(cwd, ENV_VARS.KEYWARD_DATA_DIR),
+    databaseUrl,
+    databasePoolMax: integer("KEYWARD_DB_POOL_MAX", 1, 500),
+    databaseSchema,
+    tls:
+      tlsSet === 3
+        ? {
+            certFile: tlsPaths.certFile!,
+            keyFile: tlsPaths.keyFile!,
+            clientCaFile: tlsPaths.clientCaFile!,
+            crlFile,
+          }
+        : undefined,
+    policyFile: path("KEYWARD_POLICY_FILE"),
+    rootKey: rootKeyFile ? { file: rootKeyFile } : rootKeyFromEnv(get("KEYWARD_ROOT_KEY")),
+    logLevel: logLevel as LogLevel,
+    shutdownGraceMs: integer("KEYWARD_SHUTDOWN_GRACE_MS", 0, 60_000),
+  };
+  return deepFreeze(config);
+}
+
+function rootKeyFromEnv(value: string | undefined): { key: SecretBytes } | undefined {
+  if (value === undefined) {
+    return undefined;
+  }
+  // Only base64 here: a 32-character string must not pass as 32 raw key bytes.
+  try {
+    if (!/^[A-Za-z0-9+/]{43}=$/.test(value)) {
+      throw new RootKeyError("not base64");
+    }
+    return { key: parseRootKey(Buffer.from(value, "latin1")) };
+  } catch (err) {
+    if (err instanceof RootKeyError) {
+      throw new ConfigError("KEYWARD_ROOT_KEY must be the base64 encoding of 32 bytes");
+    }
+    throw err;
+  }
+}
+
+function parseListen(text: string): { host: string; port: number } {
+  const match = /^(?:\[([0-9a-fA-F:]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) {
+    throw new ConfigError("KEYWARD_LISTEN must be host:port, e.g. 127.0.0.1:8443 or [::1]:8443 (port 0 picks a free one)");
+  }
+  return { host: (match[1] ?? match[2])!, port };
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === "object") {
+    Object.values(value).forEach(deepFreeze);
+    Object.freeze(value);
+  }
+  return value;
+}

@@ -1,0 +1,211 @@
+import { mkdir, readFile } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import type { DescService } from "@bufbuild/protobuf";
+import { createValidateInterceptor } from "@connectrpc/validate";
+import type { Logger } from "pino";
+import { AccessService } from "../gen/keyward/v1/access_pb.js";
+import { AuditService } from "../gen/keyward/v1/audit_pb.js";
+import { CryptoService } from "../gen/keyward/v1/crypto_pb.js";
+import { KeysService } from "../gen/keyward/v1/keys_pb.js";
+import { SecretsService } from "../gen/keyward/v1/secrets_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection as ServerReflectionV1 } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1Alpha } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import type { Config, TlsConfig } from "./config.js";
+import { parseRootKey, rootKeyCheck } from "./crypto/root-key.js";
+import type { SecretBytes } from "./crypto/secret-bytes.js";
+import { ensureDevPolicy, ensureDevRootKey } from "./dev/dev-files.js";
+import { devPkiPaths, ensureDevPki } from "./dev/pki.js";
+import { createAccessLogInterceptor } from "./server/interceptors/access-log.js";
+import { createAuthenticateInterceptor, createAuthorizeResourceInterceptor } from "./server/interceptors/authorize.js";
+import { createErrorInterceptor } from "./server/interceptors/errors.js";
+import { createPolicyStore } from "./server/policy-store.js";
+import { createKeywardServer } from "./server/server.js";
+import { loadTlsMaterial, watchTlsFiles } from "./server/tls.js";
+import { createAccessService } from "./services/access-service.js";
+import { createHealthService, createHealthStatus } from "./services/health-service.js";
+import { createReflectionService } from "./services/reflection-service.js";
+import { createPgDeploymentRepository } from "./storage/pg/deployment-repository.js";
+import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
+import { migrate } from "./storage/pg/migrate.js";
+import { createPool } from "./storage/pg/pool.js";
+
+/** The Keyward API services, in the order reflection lists them. */
+export const KEYWARD_SERVICES: readonly DescService[] = [
+  KeysService,
+  CryptoService,
+  SecretsService,
+  AuditService,
+  AccessService,
+];
+
+/** A started Keyward: its address and how to stop it. */
+export interface RunningKeyward {
+  readonly address: AddressInfo;
+  /** Which files the server uses, resolved (dev defaults included). */
+  readonly files: { readonly tls: TlsConfig; readonly policyFile: string };
+  /** True when any dev default (PKI, policy, root key, embedded database) is in use. */
+  readonly development: boolean;
+  /** Drains calls in flight (up to the configured grace), then releases everything. */
+  close(): Promise<void>;
+}
+
+/**
+ * The composition root: config → dev defaults → database → migrations →
+ * root key check → policy → server → listen. Everything it starts, it stops
+ * in `close()`, in reverse order; a failure half-way stops what was started.
+ */
+export async function startKeyward(config: Config, log: Logger): Promise<RunningKeyward> {
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const cleanup = async () => {
+    for (const step of cleanups.reverse()) {
+      await step();
+    }
+  };
+  try {
+    // Searchable but not listable by others: an embedded PostgreSQL running as
+    // the "postgres" user must reach <data>/postgres; the PKI and root key inside stay private.
+    await mkdir(config.dataDir, { recursive: true, mode: 0o711 });
+    const dev: string[] = [];
+
+    let tls = config.tls;
+    if (tls === undefined) {
+      const pki = devPkiPaths(join(config.dataDir, "pki"));
+      if (await ensureDevPki(pki.dir)) {
+        log.warn({ dir: pki.dir }, "created a DEVELOPMENT PKI (CA, server and client certificates); not for production");
+      }
+      tls = { certFile: pki.serverCert, keyFile: pki.serverKey, clientCaFile: pki.caCert, crlFile: undefined };
+      dev.push("TLS certificates");
+    }
+
+    let policyFile = config.policyFile;
+    if (policyFile === undefined) {
+      policyFile = join(config.dataDir, "policy.yaml");
+      if (await ensureDevPolicy(policyFile)) {
+        log.warn({ policyFile }, "created a DEVELOPMENT policy granting each dev identity its role on everything");
+      }
+      dev.push("policy");
+    }
+
+    let rootKey: SecretBytes;
+    if (config.rootKey === undefined) {
+      const file = join(config.dataDir, "root.key");
+      if (await ensureDevRootKey(file)) {
+        log.warn({ rootKeyFile: file }, "created a DEVELOPMENT root key file; keep it secret, do not use it in production");
+      }
+      rootKey = parseRootKey(await readFile(file));
+      dev.push("root key");
+    } else if ("file" in config.rootKey) {
+      rootKey = parseRootKey(await readFile(config.rootKey.file));
+    } else {
+      rootKey = config.rootKey.key;
+    }
+
+    let databaseUrl = config.databaseUrl;
+    if (databaseUrl === undefined) {
+      const embedded = await startEmbeddedPostgres({
+        dataDir: join(config.dataDir, "postgres"),
+        log: (message) => log.debug({ component: "embedded-postgres" }, message),
+      });
+      cleanups.push(() => embedded.stop());
+      databaseUrl = embedded.connectionString;
+      dev.push("embedded PostgreSQL");
+    }
+
+    const applied = await migrate({
+      connectionString: databaseUrl,
+      schema: config.databaseSchema,
+      log: (message) => log.debug({ component: "migrate" }, message),
+    });
+    if (applied.length > 0) {
+      log.info({ migrations: applied }, "migrations applied");
+    }
+    const pool = createPool({
+      connectionString: databaseUrl,
+      schema: config.databaseSchema,
+      max: config.databasePoolMax,
+      applicationName: "keyward",
+    });
+    cleanups.push(() => pool.end());
+    const deployment = createPgDeploymentRepository(pool);
+    const { deploymentId } = await deployment.ensure(rootKeyCheck(rootKey));
+
+    const policy = createPolicyStore(policyFile, log);
+    cleanups.push(() => policy.close());
+
+    const health = createHealthStatus(ServingStatus.SERVING);
+    const healthProbe = setInterval(() => {
+      deployment.ping().then(
+        () => health.set(ServingStatus.SERVING),
+        (err: unknown) => {
+          if (health.get() === ServingStatus.SERVING) {
+            log.error({ error: (err as Error).message }, "database unreachable; reporting NOT_SERVING");
+          }
+          health.set(ServingStatus.NOT_SERVING);
+        },
+      );
+    }, 2000);
+    healthProbe.unref();
+    cleanups.push(() => clearInterval(healthProbe));
+
+    const draining = new AbortController();
+    const served = [...KEYWARD_SERVICES, Health, ServerReflectionV1, ServerReflectionV1Alpha];
+    const server = createKeywardServer({
+      tls: loadTlsMaterial(tls),
+      draining,
+      interceptors: [
+        createAccessLogInterceptor(log),
+        createErrorInterceptor(log),
+        createAuthenticateInterceptor(policy),
+        createValidateInterceptor(),
+        createAuthorizeResourceInterceptor(policy),
+      ],
+      routes(router) {
+        router.service(AccessService, createAccessService({ policy }));
+        // Services whose issues have not landed: every method answers UNIMPLEMENTED
+        // (after authentication and authorization, which still apply).
+        router.service(KeysService, {});
+        router.service(CryptoService, {});
+        router.service(SecretsService, {});
+        router.service(AuditService, {});
+        router.service(Health, createHealthService(health, served.map((s) => s.typeName), draining.signal));
+        router.service(ServerReflectionV1, createReflectionService(ServerReflectionV1, served));
+        router.service(ServerReflectionV1Alpha, createReflectionService(ServerReflectionV1Alpha, served));
+      },
+    });
+    const tlsFiles = tls;
+    cleanups.push(
+      watchTlsFiles(tls, () => {
+        try {
+          server.setSecureContext(loadTlsMaterial(tlsFiles));
+          log.info("TLS material reloaded");
+        } catch (err) {
+          log.error({ error: (err as Error).message }, "TLS reload failed; the previous certificates stay in use");
+        }
+      }),
+    );
+
+    const address = await server.listen(config.listen.host, config.listen.port);
+    cleanups.push(async () => {
+      health.set(ServingStatus.NOT_SERVING);
+      await server.shutdown(config.shutdownGraceMs);
+    });
+    log.info(
+      { address: `${address.address}:${address.port}`, deploymentId, policyDigest: policy.current().policy.digest },
+      "keyward listening",
+    );
+    if (dev.length > 0) {
+      log.warn({ development: dev }, "DEVELOPMENT defaults in use; configure them for production (see README)");
+    }
+    return {
+      address,
+      files: { tls, policyFile },
+      development: dev.length > 0,
+      close: cleanup,
+    };
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}

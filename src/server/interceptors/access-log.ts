@@ -1,0 +1,73 @@
+import { randomUUID } from "node:crypto";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { Logger } from "pino";
+import { kIdentity, kPeerAddress, kRequestId } from "../context.js";
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/**
+ * Outermost interceptor: assigns the request id (the caller's `x-request-id`
+ * when well-formed, else a fresh UUID, echoed in the response header) and
+ * writes one access log line per call: request id, identity, method, code,
+ * duration. It logs names and codes only, never messages, so no request or
+ * response content can reach the log.
+ */
+export function createAccessLogInterceptor(log: Logger): Interceptor {
+  return (next) => async (req) => {
+    const started = performance.now();
+    const offered = req.header.get("x-request-id");
+    const requestId = offered && REQUEST_ID.test(offered) ? offered : randomUUID();
+    req.contextValues.set(kRequestId, requestId);
+    const method = `${req.service.typeName}/${req.method.name}`;
+
+    const write = (error: unknown) => {
+      const code = error === undefined ? "ok" : codeName(ConnectError.from(error).code);
+      const entry = {
+        requestId,
+        identity: req.contextValues.get(kIdentity)?.name,
+        peer: req.contextValues.get(kPeerAddress),
+        method,
+        code,
+        durationMs: Math.round((performance.now() - started) * 1000) / 1000,
+      };
+      if (error === undefined) {
+        log.info(entry, "call");
+      } else {
+        const connectError = ConnectError.from(error);
+        const level = connectError.code === Code.Internal || connectError.code === Code.Unknown ? "error" : "info";
+        log[level]({ ...entry, error: connectError.rawMessage }, "call failed");
+      }
+    };
+
+    try {
+      const res = await next(req);
+      res.header.set("x-request-id", requestId);
+      if (!res.stream) {
+        write(undefined);
+        return res;
+      }
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* res.message;
+            write(undefined);
+          } catch (err) {
+            write(err);
+            throw err;
+          }
+        })(),
+      };
+    } catch (err) {
+      if (err instanceof ConnectError) {
+        err.metadata.set("x-request-id", requestId);
+      }
+      write(err);
+      throw err;
+    }
+  };
+}
+
+function codeName(code: Code): string {
+  return Code[code]!.replace(/[A-Z]/g, (c, i: number) => (i === 0 ? c.toLowerCase() : `_${c.toLowerCase()}`));
+}

@@ -1,0 +1,90 @@
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import pino from "pino";
+import { inject } from "vitest";
+import { loadConfig } from "../../src/config.js";
+import { devPkiPaths, ensureDevPki } from "../../src/dev/pki.js";
+import { REDACT_PATHS } from "../../src/log.js";
+import { startKeyward, type RunningKeyward } from "../../src/main.js";
+import { dropSchema } from "./database.js";
+import type {} from "../setup/global-database.js";
+
+/** Client credentials as PEM buffers, ready for any TLS client. */
+export interface ClientCredentials {
+  readonly ca: Buffer;
+  readonly cert: Buffer;
+  readonly key: Buffer;
+}
+
+/** A Keyward started in-process on a free port, with its own data folder and schema. */
+export interface TestKeyward {
+  readonly url: string;
+  readonly port: number;
+  readonly dataDir: string;
+  readonly schema: string;
+  readonly running: RunningKeyward;
+  /** Every JSON log line written so far, as text. */
+  readonly logs: string[];
+  readonly pki: ReturnType<typeof devPkiPaths>;
+  /** Credentials of a dev client (`admin`, `service`, `auditor`) or any `<name>.crt` in the PKI folder. */
+  credentials(name: string): Promise<ClientCredentials>;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts Keyward as `npm start` would, but on port 0, on the run's test
+ * PostgreSQL in a schema of its own, logging at debug level into memory.
+ * `env` adds or overrides variables (e.g. KEYWARD_POLICY_FILE).
+ */
+export async function startTestKeyward(env: Record<string, string> = {}): Promise<TestKeyward> {
+  const dataDir = await mkdtemp(join(tmpdir(), "keyward-test-"));
+  const schema = `t_${randomBytes(8).toString("hex")}`;
+  const databaseUrl = inject("databaseUrl");
+  const pki = devPkiPaths(join(dataDir, "pki"));
+  await ensureDevPki(pki.dir);
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      logs.push(...String(chunk).split("\n").filter(Boolean));
+      done();
+    },
+  });
+  const log = pino(
+    { level: "debug", redact: { paths: REDACT_PATHS, censor: "[redacted]" } },
+    sink,
+  );
+  const config = loadConfig({
+    KEYWARD_LISTEN: "127.0.0.1:0",
+    KEYWARD_DATA_DIR: dataDir,
+    DATABASE_URL: databaseUrl,
+    KEYWARD_DB_SCHEMA: schema,
+    KEYWARD_DB_POOL_MAX: "4",
+    KEYWARD_SHUTDOWN_GRACE_MS: "2000",
+    ...env,
+  });
+  const running = await startKeyward(config, log);
+  let closing: Promise<void> | undefined;
+  return {
+    url: `https://127.0.0.1:${running.address.port}`,
+    port: running.address.port,
+    dataDir,
+    schema,
+    running,
+    logs,
+    pki,
+    async credentials(name) {
+      const client = pki.client(name);
+      const [ca, cert, key] = await Promise.all([readFile(pki.caCert), readFile(client.cert), readFile(client.key)]);
+      return { ca, cert, key };
+    },
+    close: () =>
+      (closing ??= (async () => {
+        await running.close();
+        await dropSchema(databaseUrl, schema);
+        await rm(dataDir, { recursive: true, force: true });
+      })()),
+  };
+}
