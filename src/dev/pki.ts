@@ -116,6 +116,25 @@ export async function issueCertificate(
   return { certPem: certificate.toString("pem"), keyPem: await privateKeyPem(keys.privateKey), serialNumber: serial };
 }
 
+/** A PEM CRL signed by `ca` revoking the given serial numbers (hex), valid for `days` (default 30). */
+export async function createCrl(ca: CertificateAuthority, revokedSerials: readonly string[], days = 30): Promise<string> {
+  const now = Date.now();
+  const crl = await x509.X509CrlGenerator.create({
+    issuer: ca.certificate.subject,
+    thisUpdate: new Date(now - 60_000),
+    nextUpdate: new Date(now + days * DAY_MS),
+    signingAlgorithm: EC_P256,
+    signingKey: ca.privateKey,
+    // An empty revokedCertificates SEQUENCE is invalid DER (OpenSSL refuses it): omit it instead.
+    ...(revokedSerials.length > 0
+      ? { entries: revokedSerials.map((serialNumber) => ({ serialNumber, revocationDate: new Date(now - 60_000) })) }
+      : {}),
+    extensions: [await x509.AuthorityKeyIdentifierExtension.create(ca.certificate, false)],
+  });
+  // OpenSSL (and so node:tls) reads only the "X509 CRL" PEM label.
+  return x509.PemConverter.encode(crl.rawData, "X509 CRL");
+}
+
 /** Files of the dev PKI in `<data>/pki`. */
 export function devPkiPaths(dir: string) {
   return {

@@ -1,8 +1,16 @@
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import { ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AccessService } from "../../gen/keyward/v1/access_pb.js";
-import { createCertificateAuthority, issueCertificate, loadDevCertificateAuthority } from "../../src/dev/pki.js";
+import {
+  createCertificateAuthority,
+  createCrl,
+  devPkiPaths,
+  issueCertificate,
+  loadDevCertificateAuthority,
+} from "../../src/dev/pki.js";
 import { connectClient } from "../helpers/clients.js";
 import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
 
@@ -92,5 +100,44 @@ describe("mTLS", () => {
       });
     });
     expect(result).toMatch(/PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL/);
+  });
+});
+
+describe("certificate revocation", () => {
+  let keyward: TestKeyward;
+  let crlFile: string;
+  let revoked: { cert: Buffer; key: Buffer; serialNumber: string };
+
+  beforeAll(async () => {
+    keyward = await startTestKeyward(async (dataDir) => {
+      const pki = devPkiPaths(join(dataDir, "pki"));
+      const ca = await loadDevCertificateAuthority(pki.dir);
+      crlFile = join(dataDir, "ca.crl");
+      await writeFile(crlFile, await createCrl(ca, []));
+      const issued = await issueCertificate(ca, { commonName: "leaver", usage: "client", spiffeId: "spiffe://keyward.local/leaver" });
+      revoked = { cert: Buffer.from(issued.certPem), key: Buffer.from(issued.keyPem), serialNumber: issued.serialNumber };
+      return {
+        KEYWARD_TLS_CERT: pki.serverCert,
+        KEYWARD_TLS_KEY: pki.serverKey,
+        KEYWARD_TLS_CLIENT_CA: pki.caCert,
+        KEYWARD_TLS_CRL: crlFile,
+      };
+    });
+  });
+  afterAll(() => keyward?.close());
+
+  it("refuses a certificate once the CRL lists it, without a restart", async () => {
+    const { ca } = await keyward.credentials("admin");
+    const leaver = { ca, cert: revoked.cert, key: revoked.key };
+    const me = await connectClient(AccessService, keyward.url, leaver).getCallerIdentity({});
+    expect(me.identity).toBe("spiffe://keyward.local/leaver");
+
+    const devCa = await loadDevCertificateAuthority(keyward.pki.dir);
+    await writeFile(crlFile, await createCrl(devCa, [revoked.serialNumber]));
+    await expect
+      .poll(() => handshake(keyward, { ca, cert: revoked.cert, key: revoked.key }), { timeout: 5000, interval: 250 })
+      .toMatch(REFUSED);
+    // Other certificates from the same CA still get in, on a fresh connection.
+    expect(await handshake(keyward, await keyward.credentials("service"))).toBe("connected");
   });
 });

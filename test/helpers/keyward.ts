@@ -37,9 +37,12 @@ export interface TestKeyward {
 /**
  * Starts Keyward as `npm start` would, but on port 0, on the run's test
  * PostgreSQL in a schema of its own, logging at debug level into memory.
- * `env` adds or overrides variables (e.g. KEYWARD_POLICY_FILE).
+ * `env` adds or overrides variables (e.g. KEYWARD_POLICY_FILE); as a function
+ * it is called with the data folder, whose dev PKI already exists.
  */
-export async function startTestKeyward(env: Record<string, string> = {}): Promise<TestKeyward> {
+export async function startTestKeyward(
+  env: Record<string, string> | ((dataDir: string) => Record<string, string> | Promise<Record<string, string>>) = {},
+): Promise<TestKeyward> {
   const dataDir = await mkdtemp(join(tmpdir(), "keyward-test-"));
   const schema = `t_${randomBytes(8).toString("hex")}`;
   const databaseUrl = inject("databaseUrl");
@@ -63,7 +66,7 @@ export async function startTestKeyward(env: Record<string, string> = {}): Promis
     KEYWARD_DB_SCHEMA: schema,
     KEYWARD_DB_POOL_MAX: "4",
     KEYWARD_SHUTDOWN_GRACE_MS: "2000",
-    ...env,
+    ...(typeof env === "function" ? await env(dataDir) : env),
   });
   const running = await startKeyward(config, log);
   let closing: Promise<void> | undefined;
