@@ -40,6 +40,9 @@ export const KEYWARD_SERVICES: readonly DescService[] = [
   AccessService,
 ];
 
+/** Health and reflection, served beside the API to every authenticated caller. */
+export const INFRASTRUCTURE_SERVICES: readonly DescService[] = [Health, ServerReflectionV1, ServerReflectionV1Alpha];
+
 /** A started Keyward: its address and how to stop it. */
 export interface RunningKeyward {
   readonly address: AddressInfo;
@@ -150,7 +153,7 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
     cleanups.push(() => clearInterval(healthProbe));
 
     const draining = new AbortController();
-    const served = [...KEYWARD_SERVICES, Health, ServerReflectionV1, ServerReflectionV1Alpha];
+    const served = [...KEYWARD_SERVICES, ...INFRASTRUCTURE_SERVICES];
     const server = createKeywardServer({
       tls: loadTlsMaterial(tls),
       draining,

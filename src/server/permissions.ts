@@ -113,6 +113,7 @@ export const PERMISSIONS: Readonly<Record<string, Permission>> = {
   // reveal nothing about keys or secrets.
   "grpc.health.v1.Health/Check": { kind: "authenticated" },
   "grpc.health.v1.Health/Watch": { kind: "authenticated" },
+  "grpc.health.v1.Health/List": { kind: "authenticated" },
   "grpc.reflection.v1.ServerReflection/ServerReflectionInfo": { kind: "authenticated" },
   "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": { kind: "authenticated" },
 };

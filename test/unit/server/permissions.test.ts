@@ -1,6 +1,7 @@
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { INFRASTRUCTURE_SERVICES, KEYWARD_SERVICES } from "../../../src/main.js";
 import { PERMISSIONS, withoutVersion } from "../../../src/server/permissions.js";
 
 const PROTO_DIR = join(import.meta.dirname, "../../../proto/keyward/v1");
@@ -24,6 +25,13 @@ function documentedRoles(): Map<string, string[]> {
 }
 
 describe("the permission table", () => {
+  it("has one entry for every method the server serves, and no other", () => {
+    const served = [...KEYWARD_SERVICES, ...INFRASTRUCTURE_SERVICES]
+      .flatMap((service) => service.methods.map((method) => `${service.typeName}/${method.name}`))
+      .sort();
+    expect(Object.keys(PERMISSIONS).sort()).toEqual(served);
+  });
+
   it("grants each RPC exactly the roles its proto comment documents", () => {
     const documented = documentedRoles();
     expect(documented.size).toBeGreaterThan(40);
