@@ -37,8 +37,16 @@ async function ensureFile(file: string, content: () => string | Buffer, mode: nu
     return false;
   }
   await mkdir(dirname(file), { recursive: true, mode: 0o700 });
-  await writeFile(file, content(), { mode, flag: "wx" });
-  return true;
+  try {
+    await writeFile(file, content(), { mode, flag: "wx" });
+    return true;
+  } catch (err) {
+    // Another process starting on the same data folder wrote it first: use theirs.
+    if ((err as NodeJS.ErrnoException).code === "EEXIST") {
+      return false;
+    }
+    throw err;
+  }
 }
 
 export const ensureDevPolicy = (file: string) => ensureFile(file, devPolicyText, 0o644);

@@ -3,8 +3,8 @@ import { randomBytes, webcrypto } from "node:crypto";
 
 type CryptoKey = webcrypto.CryptoKey;
 import { existsSync } from "node:fs";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import * as x509 from "@peculiar/x509";
 
 x509.cryptoProvider.set(webcrypto as never);
@@ -155,30 +155,44 @@ export function devPkiPaths(dir: string) {
  * @returns whether anything was created.
  */
 export async function ensureDevPki(dir: string): Promise<boolean> {
-  const paths = devPkiPaths(dir);
-  if (existsSync(paths.caCert)) {
+  if (existsSync(devPkiPaths(dir).caCert)) {
     return false;
   }
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const ca = await createCertificateAuthority({ commonName: "Keyward development CA (not for production)" });
-  const server = await issueCertificate(ca, {
-    commonName: "localhost",
-    usage: "server",
-    dnsNames: ["localhost"],
-    ipAddresses: ["127.0.0.1", "::1"],
-  });
-  await writePair(paths.serverCert, paths.serverKey, server);
-  for (const name of DEV_CLIENTS) {
-    const client = paths.client(name);
-    await writePair(client.cert, client.key, await issueCertificate(ca, {
-      commonName: name,
-      usage: "client",
-      spiffeId: devSpiffeId(name),
-    }));
+  // Built in a private folder and renamed into place, so that a crash leaves
+  // no half PKI and two first starts at once cannot mix two CAs.
+  await mkdir(dirname(dir), { recursive: true });
+  const staging = await mkdtemp(`${dir}.partial-`);
+  const paths = devPkiPaths(staging);
+  try {
+    const ca = await createCertificateAuthority({ commonName: "Keyward development CA (not for production)" });
+    await writePair(paths.caCert, paths.caKey, ca);
+    const server = await issueCertificate(ca, {
+      commonName: "localhost",
+      usage: "server",
+      dnsNames: ["localhost"],
+      ipAddresses: ["127.0.0.1", "::1"],
+    });
+    await writePair(paths.serverCert, paths.serverKey, server);
+    for (const name of DEV_CLIENTS) {
+      const client = paths.client(name);
+      const issued = await issueCertificate(ca, { commonName: name, usage: "client", spiffeId: devSpiffeId(name) });
+      await writePair(client.cert, client.key, issued);
+    }
+    if (existsSync(dir) && !existsSync(devPkiPaths(dir).caCert)) {
+      // Left behind without its CA: unusable, replace it.
+      await rm(dir, { recursive: true, force: true });
+    }
+    await rename(staging, dir);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if ((code === "ENOTEMPTY" || code === "EEXIST") && existsSync(devPkiPaths(dir).caCert)) {
+      return false;
+    }
+    throw err;
+  } finally {
+    await rm(staging, { recursive: true, force: true });
   }
-  // The CA goes last: its presence marks a complete PKI.
-  await writePair(paths.caCert, paths.caKey, ca);
-  return true;
 }
 
 /** Loads the dev CA from `dir` so that more certificates can be issued. */
