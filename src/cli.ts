@@ -43,6 +43,22 @@ async function main(argv: string[]): Promise<number> {
 
 async function serve(config: Config): Promise<number> {
   const log = createLogger(config.logLevel);
+  // Listen for signals before starting, so that one arriving during start-up
+  // still stops everything started (the embedded database included).
+  let signalled: NodeJS.Signals | undefined;
+  let wake = () => {};
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (signalled) {
+      log.warn({ signal }, "second signal: exiting without draining");
+      log.flush();
+      process.exit(1);
+    }
+    signalled = signal;
+    wake();
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+
   let running: RunningKeyward;
   try {
     running = await startKeyward(config, log);
@@ -50,33 +66,21 @@ async function serve(config: Config): Promise<number> {
     log.fatal({ error: (err as Error).message }, "keyward failed to start");
     return 1;
   }
-  if (running.development) {
+  if (running.development && !signalled) {
     process.stderr.write(banner(config, running));
   }
-  return new Promise((resolveExit) => {
-    let stopping = false;
-    const stop = (signal: NodeJS.Signals) => {
-      if (stopping) {
-        log.warn({ signal }, "second signal: exiting without draining");
-        resolveExit(1);
-        return;
-      }
-      stopping = true;
-      log.info({ signal, graceMs: config.shutdownGraceMs }, "shutting down: draining calls in flight");
-      running.close().then(
-        () => {
-          log.info("stopped");
-          resolveExit(0);
-        },
-        (err: unknown) => {
-          log.error({ error: (err as Error).message }, "error while shutting down");
-          resolveExit(1);
-        },
-      );
-    };
-    process.on("SIGTERM", stop);
-    process.on("SIGINT", stop);
-  });
+  if (!signalled) {
+    await new Promise<void>((resolve) => (wake = resolve));
+  }
+  log.info({ signal: signalled, graceMs: config.shutdownGraceMs }, "shutting down: draining calls in flight");
+  try {
+    await running.close();
+  } catch (err) {
+    log.error({ error: (err as Error).message }, "error while shutting down");
+    return 1;
+  }
+  log.info("stopped");
+  return 0;
 }
 
 function banner(config: Config, running: RunningKeyward): string {
@@ -166,7 +170,8 @@ async function devPki(config: Config, args: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  // Give stdout (the JSON log) a turn to drain before exiting.
+  (code) => setImmediate(() => process.exit(code)),
   (err: unknown) => {
     process.stderr.write(`keyward: ${err instanceof ConfigError ? err.message : (err as Error).message}\n`);
     process.exit(err instanceof ConfigError ? 2 : 1);

