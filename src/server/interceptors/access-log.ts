@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { kIdentity, kPeerAddress, kRequestId } from "../context.js";
+import { withOutcome } from "./outcome.js";
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -39,32 +40,18 @@ export function createAccessLogInterceptor(log: Logger): Interceptor {
       }
     };
 
-    try {
-      const res = await next(req);
-      res.header.set("x-request-id", requestId);
-      if (!res.stream) {
-        write(undefined);
-        return res;
-      }
-      return {
-        ...res,
-        message: (async function* () {
-          try {
-            yield* res.message;
-            write(undefined);
-          } catch (err) {
-            write(err);
-            throw err;
-          }
-        })(),
-      };
-    } catch (err) {
-      if (err instanceof ConnectError) {
-        err.metadata.set("x-request-id", requestId);
-      }
-      write(err);
-      throw err;
-    }
+    const res = await withOutcome(() => next(req), {
+      succeeded: () => write(undefined),
+      failed(err) {
+        if (err instanceof ConnectError) {
+          err.metadata.set("x-request-id", requestId);
+        }
+        write(err);
+        return err;
+      },
+    });
+    res.header.set("x-request-id", requestId);
+    return res;
   };
 }
 

@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import { DomainError } from "../../domain/errors.js";
 import { kRequestId } from "../context.js";
 import { ERROR_CODES } from "../error-codes.js";
+import { withOutcome } from "./outcome.js";
 
 /**
  * Maps failures to gRPC codes once, at the edge. DomainErrors become their
@@ -22,24 +23,9 @@ export function createErrorInterceptor(log: Logger): Interceptor {
     log.error({ requestId, err }, "unexpected error");
     return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
   };
-  return (next) => async (req) => {
-    try {
-      const res = await next(req);
-      if (!res.stream) {
-        return res;
-      }
-      return {
-        ...res,
-        message: (async function* () {
-          try {
-            yield* res.message;
-          } catch (err) {
-            throw map(err, req.contextValues.get(kRequestId));
-          }
-        })(),
-      };
-    } catch (err) {
-      throw map(err, req.contextValues.get(kRequestId));
-    }
-  };
+  return (next) => (req) =>
+    withOutcome(() => next(req), {
+      succeeded: () => {},
+      failed: (err) => map(err, req.contextValues.get(kRequestId)),
+    });
 }
