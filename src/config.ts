@@ -33,6 +33,16 @@ export interface Config {
   readonly logLevel: LogLevel;
   /** How long SIGTERM waits for calls in flight before closing connections. */
   readonly shutdownGraceMs: number;
+  readonly audit: {
+    /** How long a call waits for its audit event to be durable before failing UNAVAILABLE. */
+    readonly timeoutMs: number;
+    /** Most events waiting to be written; beyond it calls fail UNAVAILABLE at once. */
+    readonly queueMax: number;
+    /** Most events per group commit. */
+    readonly batchMax: number;
+    /** How often the chain head is signed; 0: only on demand (GetAuditCheckpoint). */
+    readonly checkpointIntervalMs: number;
+  };
 }
 
 /** Thrown for a bad environment; names the variable, never echoes its value. */
@@ -59,6 +69,10 @@ export const ENV_VARS = {
   KEYWARD_ROOT_KEY: "(unset; base64 of 32 bytes, prefer KEYWARD_ROOT_KEY_FILE)",
   KEYWARD_LOG_LEVEL: "info",
   KEYWARD_SHUTDOWN_GRACE_MS: "8000",
+  KEYWARD_AUDIT_TIMEOUT_MS: "2000",
+  KEYWARD_AUDIT_QUEUE_MAX: "20000",
+  KEYWARD_AUDIT_BATCH_MAX: "1000",
+  KEYWARD_AUDIT_CHECKPOINT_INTERVAL_MS: "60000",
 } as const;
 
 /**
@@ -140,6 +154,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     rootKey: rootKeyFile ? { file: rootKeyFile } : rootKeyFromEnv(get("KEYWARD_ROOT_KEY")),
     logLevel: logLevel as LogLevel,
     shutdownGraceMs: integer("KEYWARD_SHUTDOWN_GRACE_MS", 0, 60_000),
+    audit: {
+      timeoutMs: integer("KEYWARD_AUDIT_TIMEOUT_MS", 50, 60_000),
+      queueMax: integer("KEYWARD_AUDIT_QUEUE_MAX", 1, 1_000_000),
+      batchMax: integer("KEYWARD_AUDIT_BATCH_MAX", 1, 10_000),
+      checkpointIntervalMs: integer("KEYWARD_AUDIT_CHECKPOINT_INTERVAL_MS", 0, 86_400_000),
+    },
   };
   return deepFreeze(config);
 }

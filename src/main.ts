@@ -17,7 +17,9 @@ import { parseRootKey, rootKeyCheck } from "./crypto/root-key.js";
 import type { SecretBytes } from "./crypto/secret-bytes.js";
 import { ensureDevPolicy, ensureDevRootKey } from "./dev/dev-files.js";
 import { devPkiPaths, ensureDevPki } from "./dev/pki.js";
+import { createGroupCommitter } from "./domain/audit/group-commit.js";
 import { createAccessLogInterceptor } from "./server/interceptors/access-log.js";
+import { createAuditInterceptor } from "./server/interceptors/audit.js";
 import { createAuthenticateInterceptor, createAuthorizeResourceInterceptor } from "./server/interceptors/authorize.js";
 import { createErrorInterceptor } from "./server/interceptors/errors.js";
 import { createPolicyStore } from "./server/policy-store.js";
@@ -26,6 +28,7 @@ import { loadTlsMaterial, watchTlsFiles } from "./server/tls.js";
 import { createAccessService } from "./services/access-service.js";
 import { createHealthService, createHealthStatus } from "./services/health-service.js";
 import { createReflectionService } from "./services/reflection-service.js";
+import { createPgAuditRepository } from "./storage/pg/audit-repository.js";
 import { createPgDeploymentRepository } from "./storage/pg/deployment-repository.js";
 import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
 import { migrate } from "./storage/pg/migrate.js";
@@ -137,6 +140,29 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
     const policy = createPolicyStore(policyFile, log);
     cleanups.push(() => policy.close());
 
+    // The audit log writes through a pool of its own, with client-side
+    // timeouts: a database that stops answering fails appends (and so calls)
+    // instead of hanging them, and busy request handlers cannot starve it.
+    const auditPool = createPool({
+      connectionString: databaseUrl,
+      schema: config.databaseSchema,
+      max: 2,
+      applicationName: "keyward-audit",
+      connectTimeoutMs: config.audit.timeoutMs,
+      queryTimeoutMs: config.audit.timeoutMs + 1000,
+    });
+    cleanups.push(() => auditPool.end());
+    const auditRepository = createPgAuditRepository(auditPool);
+    const auditLog = createGroupCommitter({
+      writeBatch: (records) => auditRepository.append(records),
+      maxBatch: config.audit.batchMax,
+      maxPending: config.audit.queueMax,
+      timeoutMs: config.audit.timeoutMs,
+      onWriteError: (err, records) =>
+        log.error({ error: (err as Error).message, records }, "audit write failed; the calls waiting for it fail UNAVAILABLE"),
+    });
+    cleanups.push(() => auditLog.close());
+
     const health = createHealthStatus(ServingStatus.SERVING);
     const healthProbe = setInterval(() => {
       deployment.ping().then(
@@ -159,6 +185,7 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       draining,
       interceptors: [
         createAccessLogInterceptor(log),
+        createAuditInterceptor({ audit: auditLog, policy }),
         createErrorInterceptor(log),
         createAuthenticateInterceptor(policy),
         createValidateInterceptor(),

@@ -13,3 +13,15 @@ export const kPeerAddress = createContextKey<string>("", { description: "peer ad
 
 /** The authorization decision for this call, once made. */
 export const kDecision = createContextKey<Decision | undefined>(undefined, { description: "authorization decision" });
+
+/** Set by a handler that used a key version (`keys/{key}/versions/{n}`), for its audit event. */
+export const kAuditKeyVersion = createContextKey<string>("", { description: "key version used" });
+
+/**
+ * Set by a handler when the audit log should say more than the caller is
+ * told (which check a decryption failed), never anything secret.
+ */
+export const kAuditDetail = createContextKey<string>("", { description: "audit detail" });
+
+/** Set by a handler that wrote the call's event in its own transaction, with its mutation. */
+export const kAuditWritten = createContextKey<boolean>(false, { description: "audit event already written" });

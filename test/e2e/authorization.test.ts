@@ -127,7 +127,7 @@ describe("authorization over mTLS", () => {
     const keys = connectClient(KeysService, keyward.url, await keyward.credentials("admin"));
     const marker = "zz-secret-marker-7f3a";
     await keys.createKey({ keyId: "logged", key: { purpose: 1, algorithm: 1, description: marker } }).catch(() => {});
-    const line = keyward.logs.map((l) => JSON.parse(l)).find((l) => l.method === "keyward.v1.KeysService/CreateKey" && l.code === "unimplemented");
+    const line = keyward.logs.map((l) => JSON.parse(l)).find((l) => l.method === "/keyward.v1.KeysService/CreateKey" && l.code === "unimplemented");
     expect(line).toMatchObject({ identity: "spiffe://keyward.local/admin", msg: "call failed" });
     expect(line.requestId).toMatch(/^[0-9a-f-]{36}$/);
     expect(typeof line.durationMs).toBe("number");

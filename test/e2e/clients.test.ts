@@ -164,10 +164,10 @@ describe("real clients against Keyward over mTLS", () => {
         // By default buf curl asks reflection v1 first; the server serves it, so v1alpha is never needed.
         await vi.waitFor(() =>
           expect(callsSince(from)).toContainEqual(
-            expect.objectContaining({ method: "grpc.reflection.v1.ServerReflection/ServerReflectionInfo", identity: `spiffe://keyward.local/${name}` }),
+            expect.objectContaining({ method: "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", identity: `spiffe://keyward.local/${name}` }),
           ),
         );
-        expect(callsSince(from).map((entry) => entry.method)).not.toContain("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo");
+        expect(callsSince(from).map((entry) => entry.method)).not.toContain("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo");
       });
 
       it("with --reflect-protocol grpc-v1alpha", async () => {
@@ -176,12 +176,12 @@ describe("real clients against Keyward over mTLS", () => {
         await vi.waitFor(() =>
           expect(callsSince(from)).toContainEqual(
             expect.objectContaining({
-              method: "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+              method: "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
               identity: "spiffe://keyward.local/auditor",
             }),
           ),
         );
-        expect(callsSince(from).map((entry) => entry.method)).not.toContain("grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
+        expect(callsSince(from).map((entry) => entry.method)).not.toContain("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
       });
 
       it("--list-methods lists every keyward.v1 method, health and reflection", async () => {

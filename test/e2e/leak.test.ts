@@ -57,7 +57,7 @@ describe("secrets never leak into logs or errors", () => {
 
     const logs = keyward.logs.join("\n");
     expect(logs).toContain("keyward listening");
-    expect(logs).toContain('"method":"keyward.v1.CryptoService/Encrypt"');
+    expect(logs).toContain('"method":"/keyward.v1.CryptoService/Encrypt"');
     for (const needle of [rootKey, password, plaintext, secretValue, Buffer.from(plaintext).toString("base64")]) {
       expect(logs).not.toContain(needle);
       expect(errors.join("\n")).not.toContain(needle);

@@ -198,7 +198,7 @@ describe("resource authorization with glob and deny rules", () => {
     keyward.logs
       .slice(logsBefore)
       .map((line) => JSON.parse(line) as Record<string, unknown>)
-      .filter((entry) => entry.method === "keyward.v1.CryptoService/Encrypt")
+      .filter((entry) => entry.method === "/keyward.v1.CryptoService/Encrypt")
       .at(-1);
 
   it.each([

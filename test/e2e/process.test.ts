@@ -21,7 +21,7 @@ import type {} from "../setup/global-database.js";
 type SessionManager = NonNullable<Parameters<typeof createGrpcTransport>[0]["sessionManager"]>;
 
 const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
-const GET_CALLER_IDENTITY = "keyward.v1.AccessService/GetCallerIdentity";
+const GET_CALLER_IDENTITY = "/keyward.v1.AccessService/GetCallerIdentity";
 
 type LogEntry = Record<string, unknown> & { msg?: string; level?: string };
 

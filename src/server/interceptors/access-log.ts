@@ -19,7 +19,7 @@ export function createAccessLogInterceptor(log: Logger): Interceptor {
     const offered = req.header.get("x-request-id");
     const requestId = offered && REQUEST_ID.test(offered) ? offered : randomUUID();
     req.contextValues.set(kRequestId, requestId);
-    const method = `${req.service.typeName}/${req.method.name}`;
+    const method = `/${req.service.typeName}/${req.method.name}`;
 
     const write = (error: unknown) => {
       const code = error === undefined ? "ok" : codeName(ConnectError.from(error).code);

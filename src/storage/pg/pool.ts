@@ -21,6 +21,13 @@ export interface PoolOptions {
    * since the next query on a fresh connection reports any lasting outage.
    */
   onError?: (error: Error) => void;
+  /**
+   * Client-side bounds, so that a database that stops answering (frozen,
+   * partitioned) fails queries instead of hanging them: how long to wait for
+   * a connection, and for a query's answer. Default: no bound.
+   */
+  connectTimeoutMs?: number;
+  queryTimeoutMs?: number;
 }
 
 /**
@@ -44,6 +51,8 @@ export function createPool(options: PoolOptions): pg.Pool {
     connectionString: options.connectionString,
     max: options.max ?? 10,
     application_name: options.applicationName ?? "keyward",
+    ...(options.connectTimeoutMs !== undefined ? { connectionTimeoutMillis: options.connectTimeoutMs } : {}),
+    ...(options.queryTimeoutMs !== undefined ? { query_timeout: options.queryTimeoutMs } : {}),
   };
   if (options.schema !== undefined) {
     applySearchPath(config, options.schema);

@@ -46,7 +46,7 @@ describe("error mapping and access log", () => {
       throw new DomainError(kind, `key keys/a is ${kind}`);
     });
     await expect(access.getCallerIdentity({})).rejects.toMatchObject({ code, rawMessage: `key keys/a is ${kind}` });
-    expect(lines.at(-1)).toMatchObject({ msg: "call failed", level: 30, method: "keyward.v1.AccessService/GetCallerIdentity" });
+    expect(lines.at(-1)).toMatchObject({ msg: "call failed", level: 30, method: "/keyward.v1.AccessService/GetCallerIdentity" });
   });
 
   it("answers INTERNAL with a fixed message for an unexpected error, and logs it at error level", async () => {
@@ -73,7 +73,7 @@ describe("error mapping and access log", () => {
     })().catch((err: unknown) => ConnectError.from(err));
     expect(received).toEqual([1]);
     expect(error).toMatchObject({ code: Code.Unavailable, rawMessage: "database unreachable" });
-    expect(lines.filter((line) => line.method === "grpc.health.v1.Health/Watch")).toMatchObject([
+    expect(lines.filter((line) => line.method === "/grpc.health.v1.Health/Watch")).toMatchObject([
       { msg: "call failed", code: "unavailable" },
     ]);
   });

@@ -1,0 +1,78 @@
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { AuditRecord } from "../../domain/audit/event.js";
+import type { GroupCommitter } from "../../domain/audit/group-commit.js";
+import { DomainError } from "../../domain/errors.js";
+import { kAuditDetail, kAuditKeyVersion, kAuditWritten, kDecision, kIdentity, kPeerAddress, kRequestId } from "../context.js";
+import { PERMISSIONS } from "../permissions.js";
+import type { PolicyStore } from "../policy-store.js";
+
+// Bounds on what a caller can make the log hold: names come from requests,
+// and a refused request may carry anything.
+const MAX_RESOURCES = 8;
+const MAX_RESOURCE_LENGTH = 512;
+const MAX_MESSAGE_LENGTH = 1024;
+
+const clip = (text: string, max: number) => (text.length > max ? `${text.slice(0, max)}…` : text);
+
+/**
+ * Records every call, allowed or denied, succeeded or failed, and answers
+ * only once its event is durable: if the event cannot be written in time the
+ * caller gets UNAVAILABLE instead of the result. A handler that wrote its
+ * event in its own transaction (a mutation) sets kAuditWritten, and only a
+ * failure is then recorded here.
+ *
+ * Streaming calls are recorded when the stream opens.
+ *
+ * Sits outside error mapping, so it sees the codes callers see, and inside
+ * the access log, whose request id it records.
+ */
+export function createAuditInterceptor(deps: { audit: GroupCommitter; policy: PolicyStore }): Interceptor {
+  return (next) => async (req) => {
+    const time = new Date();
+    const method = `/${req.service.typeName}/${req.method.name}`;
+    const permission = PERMISSIONS[`${req.service.typeName}/${req.method.name}`];
+
+    const record = async (code: Code | 0, message: string) => {
+      const decision = req.contextValues.get(kDecision);
+      const resources =
+        permission?.kind === "role" && !req.stream
+          ? permission.resources(req.message as unknown as Record<string, unknown>).filter((name) => name !== "")
+          : [];
+      const detail = req.contextValues.get(kAuditDetail);
+      const event: AuditRecord = {
+        time,
+        identity: req.contextValues.get(kIdentity)?.name ?? "",
+        roles: decision?.kind === "allow" ? [decision.role] : [],
+        method,
+        resources: resources.slice(0, MAX_RESOURCES).map((name) => clip(name, MAX_RESOURCE_LENGTH)),
+        keyVersion: clip(req.contextValues.get(kAuditKeyVersion), MAX_RESOURCE_LENGTH),
+        resultCode: code,
+        resultMessage: clip(detail === "" ? message : `${message} (${detail})`, MAX_MESSAGE_LENGTH),
+        requestId: req.contextValues.get(kRequestId),
+        peerAddress: req.contextValues.get(kPeerAddress),
+        policyDigest: deps.policy.current().policy.digest,
+      };
+      try {
+        await deps.audit.append(event, req.signal);
+      } catch (err) {
+        if (err instanceof DomainError) {
+          throw new ConnectError(err.message, Code.Unavailable, undefined, undefined, err);
+        }
+        throw err;
+      }
+    };
+
+    let res;
+    try {
+      res = await next(req);
+    } catch (err) {
+      const error = ConnectError.from(err);
+      await record(error.code, error.rawMessage);
+      throw err;
+    }
+    if (!req.contextValues.get(kAuditWritten)) {
+      await record(0, "");
+    }
+    return res;
+  };
+}
