@@ -13,7 +13,9 @@ describe("loadConfig", () => {
     expect(config.rootKey).toBeUndefined();
     expect(config.logLevel).toBe("info");
     expect(config.shutdownGraceMs).toBe(8000);
+    expect(config.audit).toEqual({ timeoutMs: 2000, queueMax: 20000, batchMax: 1000, checkpointIntervalMs: 60000 });
     expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.audit)).toBe(true);
     expect(Object.isFrozen(config.listen)).toBe(true);
   });
 
@@ -68,6 +70,10 @@ describe("loadConfig", () => {
     [{ KEYWARD_ROOT_KEY: KEY_B64, KEYWARD_ROOT_KEY_FILE: "/k" }, "set only one of KEYWARD_ROOT_KEY_FILE and KEYWARD_ROOT_KEY"],
     [{ KEYWARD_LOG_LEVEL: "loud" }, "KEYWARD_LOG_LEVEL must be one of"],
     [{ KEYWARD_SHUTDOWN_GRACE_MS: "-1" }, "KEYWARD_SHUTDOWN_GRACE_MS must be an integer from 0 to 60000"],
+    [{ KEYWARD_AUDIT_TIMEOUT_MS: "10" }, "KEYWARD_AUDIT_TIMEOUT_MS must be an integer from 50 to 60000"],
+    [{ KEYWARD_AUDIT_QUEUE_MAX: "0" }, "KEYWARD_AUDIT_QUEUE_MAX must be an integer from 1 to 1000000"],
+    [{ KEYWARD_AUDIT_BATCH_MAX: "1e3" }, "KEYWARD_AUDIT_BATCH_MAX must be an integer from 1 to 10000"],
+    [{ KEYWARD_DB_SCHEMA: "Robert'); DROP TABLE" }, "KEYWARD_DB_SCHEMA must be a lower-case SQL identifier"],
   ])("refuses %j, naming the variable and not echoing the value", (env, message) => {
     let error: unknown;
     try {
