@@ -18,6 +18,7 @@ import type { SecretBytes } from "./crypto/secret-bytes.js";
 import { ensureDevPolicy, ensureDevRootKey } from "./dev/dev-files.js";
 import { devPkiPaths, ensureDevPki } from "./dev/pki.js";
 import { createGroupCommitter } from "./domain/audit/group-commit.js";
+import { createCheckpointSigner } from "./domain/audit/signer.js";
 import { createAccessLogInterceptor } from "./server/interceptors/access-log.js";
 import { createAuditInterceptor } from "./server/interceptors/audit.js";
 import { createAuthenticateInterceptor, createAuthorizeResourceInterceptor } from "./server/interceptors/authorize.js";
@@ -26,6 +27,7 @@ import { createPolicyStore } from "./server/policy-store.js";
 import { createKeywardServer } from "./server/server.js";
 import { loadTlsMaterial, watchTlsFiles } from "./server/tls.js";
 import { createAccessService } from "./services/access-service.js";
+import { createAuditService } from "./services/audit-service.js";
 import { createHealthService, createHealthStatus } from "./services/health-service.js";
 import { createReflectionService } from "./services/reflection-service.js";
 import { createPgAuditRepository } from "./storage/pg/audit-repository.js";
@@ -64,11 +66,13 @@ export interface RunningKeyward {
  */
 export async function startKeyward(config: Config, log: Logger): Promise<RunningKeyward> {
   const cleanups: Array<() => Promise<void> | void> = [];
-  const cleanup = async () => {
-    for (const step of cleanups.reverse()) {
-      await step();
-    }
-  };
+  let closing: Promise<void> | undefined;
+  const cleanup = () =>
+    (closing ??= (async () => {
+      for (const step of [...cleanups].reverse()) {
+        await step();
+      }
+    })());
   try {
     // Searchable but not listable by others: an embedded PostgreSQL running as
     // the "postgres" user must reach <data>/postgres; the PKI and root key inside stay private.
@@ -163,6 +167,28 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
     });
     cleanups.push(() => auditLog.close());
 
+    // Reading, verifying and signing the log go through the main pool: a long
+    // verification or many open tails must not take the writers' connections.
+    const auditReader = createPgAuditRepository(pool);
+    const checkpointSigner = await createCheckpointSigner({ store: auditReader, rootKey });
+    log.info({ keyId: checkpointSigner.keyId }, "audit checkpoint key loaded");
+    if (config.audit.checkpointIntervalMs > 0) {
+      let signing: Promise<unknown> | undefined;
+      const checkpointTimer = setInterval(() => {
+        signing ??= checkpointSigner
+          .signIfMoved()
+          .catch((err: unknown) => log.warn({ error: (err as Error).message }, "periodic audit checkpoint failed"))
+          .finally(() => {
+            signing = undefined;
+          });
+      }, config.audit.checkpointIntervalMs);
+      checkpointTimer.unref();
+      cleanups.push(async () => {
+        clearInterval(checkpointTimer);
+        await signing;
+      });
+    }
+
     const health = createHealthStatus(ServingStatus.SERVING);
     const healthProbe = setInterval(() => {
       deployment.ping().then(
@@ -193,12 +219,20 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       ],
       routes(router) {
         router.service(AccessService, createAccessService({ policy }));
+        router.service(
+          AuditService,
+          createAuditService({
+            reader: auditReader,
+            signer: checkpointSigner,
+            shutdown: draining.signal,
+            onReadError: (err) => log.error({ error: (err as Error).message }, "audit log read failed"),
+          }),
+        );
         // Services whose issues have not landed: every method answers UNIMPLEMENTED
         // (after authentication and authorization, which still apply).
         router.service(KeysService, {});
         router.service(CryptoService, {});
         router.service(SecretsService, {});
-        router.service(AuditService, {});
         router.service(Health, createHealthService(health, served.map((s) => s.typeName), draining.signal));
         router.service(ServerReflectionV1, createReflectionService(ServerReflectionV1, served));
         router.service(ServerReflectionV1Alpha, createReflectionService(ServerReflectionV1Alpha, served));

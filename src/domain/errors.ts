@@ -9,6 +9,7 @@ export type DomainErrorKind =
   | "already-exists"
   | "failed-precondition"
   | "aborted"
+  | "out-of-range"
   | "permission-denied"
   | "unauthenticated"
   | "resource-exhausted"

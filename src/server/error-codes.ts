@@ -8,6 +8,7 @@ export const ERROR_CODES: Readonly<Record<DomainErrorKind, Code>> = {
   "already-exists": Code.AlreadyExists,
   "failed-precondition": Code.FailedPrecondition,
   aborted: Code.Aborted,
+  "out-of-range": Code.OutOfRange,
   "permission-denied": Code.PermissionDenied,
   unauthenticated: Code.Unauthenticated,
   "resource-exhausted": Code.ResourceExhausted,

@@ -21,7 +21,8 @@ const clip = (text: string, max: number) => (text.length > max ? `${text.slice(0
  * event in its own transaction (a mutation) sets kAuditWritten, and only a
  * failure is then recorded here.
  *
- * Streaming calls are recorded when the stream opens.
+ * Streaming calls are recorded when the stream opens, before any data
+ * flows, and again if the stream later fails.
  *
  * Sits outside error mapping, so it sees the codes callers see, and inside
  * the access log, whose request id it records.
@@ -73,6 +74,25 @@ export function createAuditInterceptor(deps: { audit: GroupCommitter; policy: Po
     if (!req.contextValues.get(kAuditWritten)) {
       await record(0, "");
     }
-    return res;
+    if (!res.stream) {
+      return res;
+    }
+    // A stream that fails after it opened gets a second event with its
+    // final code (a client cancelling is not a failure worth recording).
+    const messages = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        try {
+          yield* messages;
+        } catch (err) {
+          const error = ConnectError.from(err);
+          if (error.code !== Code.Canceled) {
+            await record(error.code, error.rawMessage).catch(() => {});
+          }
+          throw err;
+        }
+      })(),
+    };
   };
 }

@@ -138,6 +138,16 @@ export function createPgAuditRepository(pool: pg.Pool): AuditRepository {
     return events;
   };
 
+  const signingKey = async (): Promise<StoredSigningKey | undefined> => {
+    const { rows } = await pool.query<{ key_id: string; algorithm: string; public_key_pem: string; wrapped_private_key: Buffer }>(
+      "SELECT key_id, algorithm, public_key_pem, wrapped_private_key FROM audit_signing_keys ORDER BY created_at LIMIT 1",
+    );
+    const row = rows[0];
+    return row
+      ? { keyId: row.key_id, algorithm: row.algorithm, publicKeyPem: row.public_key_pem, wrappedPrivateKey: row.wrapped_private_key }
+      : undefined;
+  };
+
   return {
     appendWithin,
     append: (records) => withTransaction(pool, (client) => appendWithin(client, records)),
@@ -184,15 +194,7 @@ export function createPgAuditRepository(pool: pg.Pool): AuditRepository {
       );
       return rows.map(fromRow);
     },
-    async signingKey() {
-      const { rows } = await pool.query<{ key_id: string; algorithm: string; public_key_pem: string; wrapped_private_key: Buffer }>(
-        "SELECT key_id, algorithm, public_key_pem, wrapped_private_key FROM audit_signing_keys ORDER BY created_at LIMIT 1",
-      );
-      const row = rows[0];
-      return row
-        ? { keyId: row.key_id, algorithm: row.algorithm, publicKeyPem: row.public_key_pem, wrappedPrivateKey: row.wrapped_private_key }
-        : undefined;
-    },
+    signingKey,
     async saveSigningKey(key) {
       // Serialized through the chain head's lock so that replicas starting
       // together agree on one key.
@@ -206,7 +208,7 @@ export function createPgAuditRepository(pool: pg.Pool): AuditRepository {
           );
         }
       });
-      return (await this.signingKey())!;
+      return (await signingKey())!;
     },
     async saveCheckpoint(checkpoint) {
       await pool.query(
