@@ -10,8 +10,9 @@ import type { MigrationBuilder } from "node-pg-migrate";
  *   one chain, without forks or gaps.
  * - `audit_signing_keys` holds the checkpoint key, its private half wrapped
  *   by the root key; `audit_checkpoints` the signed heads.
- * - A trigger refuses UPDATE and DELETE on events: rewriting history takes
- *   disabling it first, and the chain shows what was rewritten anyway.
+ * - Triggers refuse UPDATE, DELETE and TRUNCATE on events, checkpoints and
+ *   signing keys: rewriting history takes disabling them first, and the
+ *   chain and checkpoints show what was rewritten anyway.
  */
 export async function up(pgm: MigrationBuilder): Promise<void> {
   pgm.sql(`
@@ -29,7 +30,9 @@ export async function up(pgm: MigrationBuilder): Promise<void> {
       peer_address   text        NOT NULL,
       policy_digest  text        NOT NULL,
       previous_hash  bytea       NOT NULL CHECK (length(previous_hash) = 32),
-      hash           bytea       NOT NULL CHECK (length(hash) = 32)
+      hash           bytea       NOT NULL CHECK (length(hash) = 32),
+      -- The chain hashes whole milliseconds: finer digits would be unprotected.
+      CONSTRAINT audit_events_time_ms CHECK (time = date_trunc('milliseconds', time))
     );
     COMMENT ON TABLE audit_events IS 'Hash-chained audit events; append-only. Never holds plaintext, secret values or key material.';
     CREATE INDEX audit_events_time ON audit_events (time);
@@ -38,7 +41,7 @@ export async function up(pgm: MigrationBuilder): Promise<void> {
 
     CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-      RAISE EXCEPTION 'audit_events is append-only';
+      RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
     END $$;
     CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_events
       FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
@@ -69,5 +72,11 @@ export async function up(pgm: MigrationBuilder): Promise<void> {
       signature bytea       NOT NULL
     );
     CREATE INDEX audit_checkpoints_sequence ON audit_checkpoints (sequence);
+
+    -- Checkpoints and keys are evidence too: append-only like the events.
+    CREATE TRIGGER audit_signing_keys_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_signing_keys
+      FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
+    CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_checkpoints
+      FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
   `);
 }

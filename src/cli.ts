@@ -4,9 +4,10 @@ import { parseArgs } from "node:util";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { DEV_CLIENTS, issueCertificate, loadDevCertificateAuthority } from "./dev/pki.js";
 import { createLogger } from "./log.js";
-import { startKeyward, type RunningKeyward } from "./main.js";
+import type { RunningKeyward } from "./main.js";
 import { migrate } from "./storage/pg/migrate.js";
-import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
+import { runningPostmaster, startEmbeddedPostgres } from "./storage/pg/embedded.js";
+import { AUDIT_USAGE, auditCommand } from "./tools/audit-command.js";
 
 const USAGE = `usage: keyward <command> [options]
 
@@ -18,7 +19,7 @@ commands:
       --cn-only                 no SPIFFE ID: the identity is the subject CN <name>
       --days <n>                validity in days (default 825)
       --out <dir>               where to write <name>.crt and <name>.key (default <data>/pki)
-  help                          this text
+${AUDIT_USAGE}  help                          this text
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -30,6 +31,8 @@ async function main(argv: string[]): Promise<number> {
       return migrateCommand(loadConfig());
     case "dev-pki":
       return devPki(loadConfig(), rest);
+    case "audit":
+      return auditCommand(rest, () => loadConfig());
     case "help":
     case "--help":
     case "-h":
@@ -61,6 +64,8 @@ async function serve(config: Config): Promise<number> {
 
   let running: RunningKeyward;
   try {
+    // Loaded here so that the other commands do not load the whole server.
+    const { startKeyward } = await import("./main.js");
     running = await startKeyward(config, log);
   } catch (err) {
     log.fatal({ error: (err as Error).message }, "keyward failed to start");
@@ -109,9 +114,15 @@ function banner(config: Config, running: RunningKeyward): string {
 
 async function migrateCommand(config: Config): Promise<number> {
   const log = createLogger(config.logLevel);
-  const embedded = config.databaseUrl
-    ? undefined
-    : await startEmbeddedPostgres({ dataDir: join(config.dataDir, "postgres"), log: (m) => log.debug(m) });
+  const embeddedDir = join(config.dataDir, "postgres");
+  const pid = config.databaseUrl ? undefined : await runningPostmaster(embeddedDir);
+  if (pid !== undefined) {
+    // A running server has already applied the migrations; starting the
+    // cluster here would stop its database.
+    process.stderr.write(`keyward: the embedded PostgreSQL in ${embeddedDir} is running (pid ${pid}); a running server migrates at start\n`);
+    return 1;
+  }
+  const embedded = config.databaseUrl ? undefined : await startEmbeddedPostgres({ dataDir: embeddedDir, log: (m) => log.debug(m) });
   try {
     const applied = await migrate({
       connectionString: config.databaseUrl ?? embedded!.connectionString,

@@ -426,3 +426,22 @@ async function assertSearchableByOthers(dir: string): Promise<void> {
     }
   }
 }
+
+/**
+ * The pid of a live postmaster on `dataDir`, if there is one. Commands that
+ * borrow the embedded database (migrate, audit) check this first: starting
+ * the cluster themselves would stop the one a running server is using.
+ */
+export async function runningPostmaster(dataDir: string): Promise<number | undefined> {
+  const pidFile = await readFile(join(dataDir, "postmaster.pid"), "utf8").catch(() => undefined);
+  const pid = Math.abs(Number.parseInt(pidFile?.split("\n")[0] ?? "", 10));
+  if (!Number.isSafeInteger(pid) || pid <= 0) {
+    return undefined;
+  }
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM" ? pid : undefined;
+  }
+}

@@ -51,6 +51,17 @@ describe("audit repository", () => {
     await expect(db.pool.query("UPDATE audit_events SET identity = 'x'")).rejects.toThrow(/append-only/);
     await expect(db.pool.query("DELETE FROM audit_events")).rejects.toThrow(/append-only/);
     await expect(db.pool.query("TRUNCATE audit_events")).rejects.toThrow(/append-only/);
+    await expect(db.pool.query("DELETE FROM audit_checkpoints")).rejects.toThrow(/audit_checkpoints is append-only/);
+    await expect(db.pool.query("UPDATE audit_signing_keys SET algorithm = 'x'")).rejects.toThrow(/audit_signing_keys is append-only/);
+    // Whole milliseconds only: the chain hashes milliseconds.
+    await expect(
+      db.pool.query(
+        `INSERT INTO audit_events (sequence, time, identity, roles, method, resources, key_version, result_code, result_message,
+           request_id, peer_address, policy_digest, previous_hash, hash)
+         VALUES (999, '2026-11-24T07:30:00.123456Z', '', '{}', '', '{}', '', 0, '', '', '', '', $1, $1)`,
+        [Buffer.alloc(32)],
+      ),
+    ).rejects.toThrow(/audit_events_time_ms/);
   });
 
   it("keeps one unbroken chain under concurrent appends from several pools", async () => {
