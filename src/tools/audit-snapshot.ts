@@ -1,7 +1,6 @@
 import type pg from "pg";
-import type { Role } from "../domain/authz/roles.js";
 import type { AuditEvent } from "../domain/audit/event.js";
-import type { StoredCheckpoint } from "../storage/pg/audit-repository.js";
+import { AUDIT_EVENT_COLUMNS, auditEventFromRow, type AuditEventRow, type StoredCheckpoint } from "../storage/pg/audit-repository.js";
 import { withTransaction } from "../storage/pg/transaction.js";
 import type { PublicSigningKey } from "./audit-export-format.js";
 
@@ -27,23 +26,6 @@ export interface AuditSnapshot {
   eventPages(from: bigint, to: bigint): AsyncIterable<AuditEvent[]>;
 }
 
-interface EventRow {
-  sequence: string;
-  time: Date;
-  identity: string;
-  roles: string[];
-  method: string;
-  resources: string[];
-  key_version: string;
-  result_code: number;
-  result_message: string;
-  request_id: string;
-  peer_address: string;
-  policy_digest: string;
-  previous_hash: Buffer;
-  hash: Buffer;
-}
-
 interface CheckpointRow {
   id: string;
   sequence: string;
@@ -52,9 +34,6 @@ interface CheckpointRow {
   key_id: string;
   signature: Buffer;
 }
-
-const EVENT_COLUMNS =
-  "sequence, time, identity, roles, method, resources, key_version, result_code, result_message, request_id, peer_address, policy_digest, previous_hash, hash";
 
 /**
  * Runs `fn` in a REPEATABLE READ, READ ONLY transaction on one connection of
@@ -116,15 +95,15 @@ export async function withAuditSnapshot<T>(
       async *eventPages(from, to) {
         let next = from;
         while (next <= to) {
-          const page = await client.query<EventRow>(
-            `SELECT ${EVENT_COLUMNS} FROM audit_events WHERE sequence BETWEEN $1::bigint AND $2::bigint ORDER BY sequence LIMIT $3`,
+          const page = await client.query<AuditEventRow>(
+            `SELECT ${AUDIT_EVENT_COLUMNS} FROM audit_events WHERE sequence BETWEEN $1::bigint AND $2::bigint ORDER BY sequence LIMIT $3`,
             [next.toString(), to.toString(), pageSize],
           );
           const last = page.rows.at(-1);
           if (!last) {
             return;
           }
-          yield page.rows.map(fromRow);
+          yield page.rows.map(auditEventFromRow);
           if (page.rows.length < pageSize) {
             return;
           }
@@ -140,19 +119,3 @@ export class NoAuditLogError extends Error {
   override name = "NoAuditLogError";
 }
 
-const fromRow = (row: EventRow): AuditEvent => ({
-  sequence: BigInt(row.sequence),
-  time: row.time,
-  identity: row.identity,
-  roles: row.roles as Role[],
-  method: row.method,
-  resources: row.resources,
-  keyVersion: row.key_version,
-  resultCode: row.result_code,
-  resultMessage: row.result_message,
-  requestId: row.request_id,
-  peerAddress: row.peer_address,
-  policyDigest: row.policy_digest,
-  previousHash: row.previous_hash,
-  hash: row.hash,
-});

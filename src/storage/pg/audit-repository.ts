@@ -33,19 +33,21 @@ export interface StoredSigningKey {
   readonly wrappedPrivateKey: Buffer;
 }
 
-const COLUMNS =
+/** The columns of `audit_events`, in the order {@link auditEventFromRow} reads them. */
+export const AUDIT_EVENT_COLUMNS =
   "sequence, time, identity, roles, method, resources, key_version, result_code, result_message, request_id, peer_address, policy_digest, previous_hash, hash";
 
 // One statement per batch: the events travel as one JSON array and PostgreSQL
 // turns it into rows, so a batch of 500 costs one round trip.
 const INSERT_EVENTS = `
-  INSERT INTO audit_events (${COLUMNS})
-  SELECT ${COLUMNS} FROM jsonb_to_recordset($1::jsonb) AS e(
+  INSERT INTO audit_events (${AUDIT_EVENT_COLUMNS})
+  SELECT ${AUDIT_EVENT_COLUMNS} FROM jsonb_to_recordset($1::jsonb) AS e(
     sequence bigint, time timestamptz, identity text, roles text[], method text, resources text[],
     key_version text, result_code smallint, result_message text, request_id text, peer_address text,
     policy_digest text, previous_hash bytea, hash bytea)`;
 
-interface EventRow {
+/** A row of `audit_events` as node-postgres returns it. */
+export interface AuditEventRow {
   sequence: string;
   time: Date;
   identity: string;
@@ -62,7 +64,8 @@ interface EventRow {
   hash: Buffer;
 }
 
-const fromRow = (row: EventRow): AuditEvent => ({
+/** Maps a row of `audit_events` to the domain event. */
+export const auditEventFromRow = (row: AuditEventRow): AuditEvent => ({
   sequence: BigInt(row.sequence),
   time: row.time,
   identity: row.identity,
@@ -156,11 +159,11 @@ export function createPgAuditRepository(pool: pg.Pool): AuditRepository {
       return { sequence: BigInt(rows[0]!.sequence), hash: rows[0]!.hash };
     },
     async range(from, to, limit) {
-      const { rows } = await pool.query<EventRow>(
-        `SELECT ${COLUMNS} FROM audit_events WHERE sequence BETWEEN $1 AND $2 ORDER BY sequence LIMIT $3`,
+      const { rows } = await pool.query<AuditEventRow>(
+        `SELECT ${AUDIT_EVENT_COLUMNS} FROM audit_events WHERE sequence BETWEEN $1 AND $2 ORDER BY sequence LIMIT $3`,
         [from.toString(), to.toString(), limit],
       );
-      return rows.map(fromRow);
+      return rows.map(auditEventFromRow);
     },
     async list(filter, options) {
       const where: string[] = [];
@@ -187,12 +190,12 @@ export function createPgAuditRepository(pool: pg.Pool): AuditRepository {
       if (filter.resultCode !== undefined) where.push(`result_code = ${param(filter.resultCode)}`);
       if (options.after !== undefined) where.push(`sequence > ${param(options.after.toString())}`);
       if (options.before !== undefined) where.push(`sequence < ${param(options.before.toString())}`);
-      const { rows } = await pool.query<EventRow>(
-        `SELECT ${COLUMNS} FROM audit_events ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""}
+      const { rows } = await pool.query<AuditEventRow>(
+        `SELECT ${AUDIT_EVENT_COLUMNS} FROM audit_events ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""}
          ORDER BY sequence ${options.newestFirst ? "DESC" : "ASC"} LIMIT ${param(options.limit)}`,
         values,
       );
-      return rows.map(fromRow);
+      return rows.map(auditEventFromRow);
     },
     signingKey,
     async saveSigningKey(key) {
