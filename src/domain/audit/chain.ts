@@ -34,33 +34,35 @@ const DOMAIN_TAG = "keyward-audit-event-v1";
  * cannot be reordered, renumbered or re-dated without breaking the chain.
  */
 export function encodeEvent(sequence: bigint, record: AuditRecord): Buffer {
-  const parts: Buffer[] = [];
-  const field = (value: string) => {
-    const bytes = Buffer.from(value, "utf8");
-    const length = Buffer.allocUnsafe(4);
-    length.writeUInt32BE(bytes.length);
-    parts.push(length, bytes);
-  };
-  const list = (values: readonly string[]) => {
-    const count = Buffer.allocUnsafe(4);
-    count.writeUInt32BE(values.length);
-    parts.push(count);
-    values.forEach(field);
-  };
-  field(DOMAIN_TAG);
-  field(sequence.toString(10));
-  field(record.time.getTime().toString(10));
-  field(record.identity);
-  list(record.roles);
-  field(record.method);
-  list(record.resources);
-  field(record.keyVersion);
-  field(record.resultCode.toString(10));
-  field(record.resultMessage);
-  field(record.requestId);
-  field(record.peerAddress);
-  field(record.policyDigest);
-  return Buffer.concat(parts);
+  // Written into one buffer sized up front: this runs for every event while
+  // the chain head is locked, so it avoids a small allocation per field.
+  const fields: string[] = [DOMAIN_TAG, sequence.toString(10), record.time.getTime().toString(10), record.identity];
+  const rolesAt = fields.length;
+  fields.push(...record.roles, record.method);
+  const resourcesAt = rolesAt + record.roles.length + 1;
+  fields.push(
+    ...record.resources,
+    record.keyVersion,
+    record.resultCode.toString(10),
+    record.resultMessage,
+    record.requestId,
+    record.peerAddress,
+    record.policyDigest,
+  );
+  let size = 8; // the two list counts
+  for (const value of fields) {
+    size += 4 + Buffer.byteLength(value, "utf8");
+  }
+  const out = Buffer.allocUnsafe(size);
+  let offset = 0;
+  fields.forEach((value, index) => {
+    if (index === rolesAt) offset = out.writeUInt32BE(record.roles.length, offset);
+    if (index === resourcesAt) offset = out.writeUInt32BE(record.resources.length, offset);
+    const length = out.write(value, offset + 4, "utf8");
+    out.writeUInt32BE(length, offset);
+    offset += 4 + length;
+  });
+  return out;
 }
 
 /** SHA-256(previous_hash || encoding). */

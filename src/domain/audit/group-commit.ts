@@ -121,8 +121,14 @@ export function createGroupCommitter(options: GroupCommitOptions): GroupCommitte
     }
   };
 
+  // A batch starts on the next turn of the event loop, not inside the append
+  // that found the writer idle: the appends of every call that completes in
+  // this turn (all the callers a committed batch just released, say) then go
+  // into the same batch, instead of the first going alone and the rest
+  // waiting for it — which halves batch sizes under steady load.
+  const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
   const kick = () => {
-    writing ??= drain().finally(() => {
+    writing ??= nextTurn().then(drain).finally(() => {
       writing = undefined;
       if (queue.length > 0) {
         kick();

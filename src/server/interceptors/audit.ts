@@ -1,5 +1,7 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { AuditRecord } from "../../domain/audit/event.js";
+import type { Decision } from "../../domain/authz/decide.js";
+import type { Role } from "../../domain/authz/roles.js";
 import type { GroupCommitter } from "../../domain/audit/group-commit.js";
 import { DomainError } from "../../domain/errors.js";
 import { kAuditDetail, kAuditKeyVersion, kAuditWritten, kDecision, kIdentity, kPeerAddress, kRequestId } from "../context.js";
@@ -33,6 +35,22 @@ export function createAuditInterceptor(deps: { audit: GroupCommitter; policy: Po
     const method = `/${req.service.typeName}/${req.method.name}`;
     const permission = PERMISSIONS[`${req.service.typeName}/${req.method.name}`];
 
+    // The roles the call went through with: the resource decision's; or, for
+    // a request refused by validation (which runs after the role gate and
+    // before the resource decision, so no decision exists), the method's
+    // roles that the caller holds — it passed the gate with them.
+    const rolesOf = (code: Code | 0, decision: Decision | undefined): Role[] => {
+      if (decision !== undefined) {
+        return decision.kind === "allow" ? [decision.role] : [];
+      }
+      const identity = req.contextValues.get(kIdentity);
+      if (code !== Code.InvalidArgument || identity === undefined || permission?.kind !== "role") {
+        return [];
+      }
+      const held = deps.policy.current().rolesOf(identity.name);
+      return permission.roles.filter((role) => held.includes(role));
+    };
+
     const record = async (code: Code | 0, message: string) => {
       const decision = req.contextValues.get(kDecision);
       const resources =
@@ -43,7 +61,7 @@ export function createAuditInterceptor(deps: { audit: GroupCommitter; policy: Po
       const event: AuditRecord = {
         time,
         identity: req.contextValues.get(kIdentity)?.name ?? "",
-        roles: decision?.kind === "allow" ? [decision.role] : [],
+        roles: rolesOf(code, decision),
         method,
         resources: resources.slice(0, MAX_RESOURCES).map((name) => clip(name, MAX_RESOURCE_LENGTH)),
         keyVersion: clip(req.contextValues.get(kAuditKeyVersion), MAX_RESOURCE_LENGTH),

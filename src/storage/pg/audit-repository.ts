@@ -121,7 +121,15 @@ export interface AuditRepository {
   checkpoints(): Promise<StoredCheckpoint[]>;
 }
 
+const APPEND_IF_HEAD = `
+  WITH moved AS (
+    UPDATE audit_head SET sequence = $2, hash = $3 WHERE sequence = $4 AND hash = $5 RETURNING 1
+  )
+  ${INSERT_EVENTS} WHERE EXISTS (SELECT 1 FROM moved)`;
+
 export function createPgAuditRepository(pool: pg.Pool): AuditRepository {
+  /** The head after this process's last append, when it was the last writer it knows of. */
+  let knownHead: { sequence: bigint; hash: Buffer } | undefined;
   const appendWithin = async (client: pg.ClientBase, records: readonly AuditRecord[]): Promise<AuditEvent[]> => {
     if (records.length === 0) {
       return [];
@@ -153,7 +161,34 @@ export function createPgAuditRepository(pool: pg.Pool): AuditRepository {
 
   return {
     appendWithin,
-    append: (records) => withTransaction(pool, (client) => appendWithin(client, records)),
+    async append(records) {
+      if (records.length === 0) {
+        return [];
+      }
+      // Fast path: chain onto the head this process last saw, and move the
+      // head only if it is still there — one statement, one round trip, its
+      // own transaction. The UPDATE takes the head's row lock; if another
+      // writer moved the head meanwhile, PostgreSQL re-checks the WHERE on
+      // the new row, nothing is inserted, and the locked path below runs.
+      if (knownHead !== undefined) {
+        const events = chainRecords(knownHead, records);
+        const last = events.at(-1)!;
+        const { rowCount } = await pool.query({
+          name: "audit-append-if-head",
+          text: APPEND_IF_HEAD,
+          values: [JSON.stringify(events.map(toJson)), last.sequence.toString(), last.hash, knownHead.sequence.toString(), knownHead.hash],
+        });
+        if (rowCount === events.length) {
+          knownHead = { sequence: last.sequence, hash: last.hash };
+          return events;
+        }
+        knownHead = undefined;
+      }
+      const events = await withTransaction(pool, (client) => appendWithin(client, records));
+      const last = events.at(-1)!;
+      knownHead = { sequence: last.sequence, hash: last.hash };
+      return events;
+    },
     async head() {
       const { rows } = await pool.query<{ sequence: string; hash: Buffer }>("SELECT sequence, hash FROM audit_head");
       return { sequence: BigInt(rows[0]!.sequence), hash: rows[0]!.hash };
