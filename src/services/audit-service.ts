@@ -31,6 +31,8 @@ export interface AuditLogReader {
     options: { after?: bigint; before?: bigint; newestFirst: boolean; limit: number },
   ): Promise<AuditEvent[]>;
   checkpoints(): Promise<Checkpoint[]>;
+  /** The lowest sequence stored beyond the head, read in one snapshot: only a forger puts events there. */
+  firstBeyondHead(): Promise<bigint | undefined>;
 }
 
 export interface AuditServiceDeps {
@@ -173,6 +175,12 @@ export function createAuditService(deps: AuditServiceDeps): ServiceImpl<typeof A
         next = verifier.lastSequence + 1n;
       }
       chainBreak ??= verifier.finish();
+      if (chainBreak === undefined && request.endSequence === undefined) {
+        const beyond = await read(deps.reader.firstBeyondHead());
+        if (beyond !== undefined) {
+          chainBreak = { sequence: beyond, reason: `sequence ${beyond} lies beyond the chain head` };
+        }
+      }
       if (chainBreak !== undefined) {
         return broken(result, verifier.verified, chainBreak);
       }

@@ -531,6 +531,18 @@ describe("VerifyAuditChain finds tampering done in SQL", () => {
     expect(result).toMatchObject({ intact: false, firstBrokenSequence: 8n, reason: "hash mismatch", verifiedCount: 7n });
   });
 
+  it("a forged event stored beyond a head that was not moved", async () => {
+    const { result } = await tampered(async (sql) => {
+      await sql.query(`
+        INSERT INTO audit_events
+        SELECT sequence + 5, time, 'spiffe://keyward.local/intruder', roles, method, resources, key_version, result_code,
+               result_message, 'forged', peer_address, policy_digest, hash, sha256(hash)
+        FROM audit_events WHERE sequence = (SELECT sequence FROM audit_head)`);
+    });
+    // Head at 7 (the first verification); the forgery sits at 12.
+    expect(result).toMatchObject({ intact: false, firstBrokenSequence: 12n, reason: "sequence 12 lies beyond the chain head" });
+  });
+
   it("two events reordered (their sequences swapped)", async () => {
     const { result } = await tampered((sql) =>
       rewrite(sql, [

@@ -119,6 +119,8 @@ export interface AuditRepository {
   saveSigningKey(key: StoredSigningKey): Promise<StoredSigningKey>;
   saveCheckpoint(checkpoint: StoredCheckpoint): Promise<void>;
   checkpoints(): Promise<StoredCheckpoint[]>;
+  /** The lowest sequence stored beyond the head, read in one snapshot: only a forger puts events there. */
+  firstBeyondHead(): Promise<bigint | undefined>;
 }
 
 const APPEND_IF_HEAD = `
@@ -188,6 +190,12 @@ export function createPgAuditRepository(pool: pg.Pool): AuditRepository {
       const last = events.at(-1)!;
       knownHead = { sequence: last.sequence, hash: last.hash };
       return events;
+    },
+    async firstBeyondHead() {
+      const { rows } = await pool.query<{ sequence: string | null }>(
+        "SELECT min(e.sequence) AS sequence FROM audit_events e, audit_head h WHERE e.sequence > h.sequence",
+      );
+      return rows[0]?.sequence == null ? undefined : BigInt(rows[0].sequence);
     },
     async head() {
       const { rows } = await pool.query<{ sequence: string; hash: Buffer }>("SELECT sequence, hash FROM audit_head");
