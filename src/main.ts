@@ -4,6 +4,7 @@ import { join } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
 import { createValidateInterceptor } from "@connectrpc/validate";
 import type { Logger } from "pino";
+import type pg from "pg";
 import { AccessService } from "../gen/keyward/v1/access_pb.js";
 import { AuditService } from "../gen/keyward/v1/audit_pb.js";
 import { CryptoService } from "../gen/keyward/v1/crypto_pb.js";
@@ -77,40 +78,7 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
     // Searchable but not listable by others: an embedded PostgreSQL running as
     // the "postgres" user must reach <data>/postgres; the PKI and root key inside stay private.
     await mkdir(config.dataDir, { recursive: true, mode: 0o711 });
-    const dev: string[] = [];
-
-    let tls = config.tls;
-    if (tls === undefined) {
-      const pki = devPkiPaths(join(config.dataDir, "pki"));
-      if (await ensureDevPki(pki.dir)) {
-        log.warn({ dir: pki.dir }, "created a DEVELOPMENT PKI (CA, server and client certificates); not for production");
-      }
-      tls = { certFile: pki.serverCert, keyFile: pki.serverKey, clientCaFile: pki.caCert, crlFile: undefined };
-      dev.push("TLS certificates");
-    }
-
-    let policyFile = config.policyFile;
-    if (policyFile === undefined) {
-      policyFile = join(config.dataDir, "policy.yaml");
-      if (await ensureDevPolicy(policyFile)) {
-        log.warn({ policyFile }, "created a DEVELOPMENT policy granting each dev identity its role on everything");
-      }
-      dev.push("policy");
-    }
-
-    let rootKey: SecretBytes;
-    if (config.rootKey === undefined) {
-      const file = join(config.dataDir, "root.key");
-      if (await ensureDevRootKey(file)) {
-        log.warn({ rootKeyFile: file }, "created a DEVELOPMENT root key file; keep it secret, do not use it in production");
-      }
-      rootKey = parseRootKey(await readFile(file));
-      dev.push("root key");
-    } else if ("file" in config.rootKey) {
-      rootKey = parseRootKey(await readFile(config.rootKey.file));
-    } else {
-      rootKey = config.rootKey.key;
-    }
+    const { tls, policyFile, rootKey, dev } = await resolveMaterials(config, log);
 
     let databaseUrl = config.databaseUrl;
     if (databaseUrl === undefined) {
@@ -144,50 +112,7 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
     const policy = createPolicyStore(policyFile, log);
     cleanups.push(() => policy.close());
 
-    // The audit log writes through a pool of its own, with client-side
-    // timeouts: a database that stops answering fails appends (and so calls)
-    // instead of hanging them, and busy request handlers cannot starve it.
-    const auditPool = createPool({
-      connectionString: databaseUrl,
-      schema: config.databaseSchema,
-      max: 2,
-      applicationName: "keyward-audit",
-      connectTimeoutMs: config.audit.timeoutMs,
-      queryTimeoutMs: config.audit.timeoutMs + 1000,
-    });
-    cleanups.push(() => auditPool.end());
-    const auditRepository = createPgAuditRepository(auditPool);
-    const auditLog = createGroupCommitter({
-      writeBatch: (records) => auditRepository.append(records),
-      maxBatch: config.audit.batchMax,
-      maxPending: config.audit.queueMax,
-      timeoutMs: config.audit.timeoutMs,
-      onWriteError: (err, records) =>
-        log.error({ error: (err as Error).message, records }, "audit write failed; the calls waiting for it fail UNAVAILABLE"),
-    });
-    cleanups.push(() => auditLog.close());
-
-    // Reading, verifying and signing the log go through the main pool: a long
-    // verification or many open tails must not take the writers' connections.
-    const auditReader = createPgAuditRepository(pool);
-    const checkpointSigner = await createCheckpointSigner({ store: auditReader, rootKey });
-    log.info({ keyId: checkpointSigner.keyId }, "audit checkpoint key loaded");
-    if (config.audit.checkpointIntervalMs > 0) {
-      let signing: Promise<unknown> | undefined;
-      const checkpointTimer = setInterval(() => {
-        signing ??= checkpointSigner
-          .signIfMoved()
-          .catch((err: unknown) => log.warn({ error: (err as Error).message }, "periodic audit checkpoint failed"))
-          .finally(() => {
-            signing = undefined;
-          });
-      }, config.audit.checkpointIntervalMs);
-      checkpointTimer.unref();
-      cleanups.push(async () => {
-        clearInterval(checkpointTimer);
-        await signing;
-      });
-    }
+    const { auditLog, auditReader, checkpointSigner } = await startAudit(config, { databaseUrl, pool, rootKey, log, cleanups });
 
     const health = createHealthStatus(ServingStatus.SERVING);
     const healthProbe = setInterval(() => {
@@ -272,4 +197,110 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
     await cleanup();
     throw err;
   }
+}
+
+/**
+ * The TLS files, policy file and root key in force: the configured ones, or
+ * development defaults created in the data folder on first use (and named in
+ * `dev`, so that the server can say loudly that it runs on them).
+ */
+async function resolveMaterials(config: Config, log: Logger) {
+  const dev: string[] = [];
+
+  let tls = config.tls;
+  if (tls === undefined) {
+    const pki = devPkiPaths(join(config.dataDir, "pki"));
+    if (await ensureDevPki(pki.dir)) {
+      log.warn({ dir: pki.dir }, "created a DEVELOPMENT PKI (CA, server and client certificates); not for production");
+    }
+    tls = { certFile: pki.serverCert, keyFile: pki.serverKey, clientCaFile: pki.caCert, crlFile: undefined };
+    dev.push("TLS certificates");
+  }
+
+  let policyFile = config.policyFile;
+  if (policyFile === undefined) {
+    policyFile = join(config.dataDir, "policy.yaml");
+    if (await ensureDevPolicy(policyFile)) {
+      log.warn({ policyFile }, "created a DEVELOPMENT policy granting each dev identity its role on everything");
+    }
+    dev.push("policy");
+  }
+
+  let rootKey: SecretBytes;
+  if (config.rootKey === undefined) {
+    const file = join(config.dataDir, "root.key");
+    if (await ensureDevRootKey(file)) {
+      log.warn({ rootKeyFile: file }, "created a DEVELOPMENT root key file; keep it secret, do not use it in production");
+    }
+    rootKey = parseRootKey(await readFile(file));
+    dev.push("root key");
+  } else if ("file" in config.rootKey) {
+    rootKey = parseRootKey(await readFile(config.rootKey.file));
+  } else {
+    rootKey = config.rootKey.key;
+  }
+  return { tls, policyFile, rootKey, dev };
+}
+
+/**
+ * The audit log: a group committer writing through a pool of its own, a
+ * reader on the main pool, and the checkpoint signer with its periodic run.
+ * What it starts goes into `cleanups`.
+ */
+async function startAudit(
+  config: Config,
+  deps: {
+    databaseUrl: string;
+    pool: pg.Pool;
+    rootKey: SecretBytes;
+    log: Logger;
+    cleanups: Array<() => Promise<void> | void>;
+  },
+) {
+  const { databaseUrl, pool, rootKey, log, cleanups } = deps;
+  // The audit log writes through a pool of its own, with client-side
+  // timeouts: a database that stops answering fails appends (and so calls)
+  // instead of hanging them, and busy request handlers cannot starve it.
+  const auditPool = createPool({
+    connectionString: databaseUrl,
+    schema: config.databaseSchema,
+    max: 2,
+    applicationName: "keyward-audit",
+    connectTimeoutMs: config.audit.timeoutMs,
+    queryTimeoutMs: config.audit.timeoutMs + 1000,
+  });
+  cleanups.push(() => auditPool.end());
+  const auditRepository = createPgAuditRepository(auditPool);
+  const auditLog = createGroupCommitter({
+    writeBatch: (records) => auditRepository.append(records),
+    maxBatch: config.audit.batchMax,
+    maxPending: config.audit.queueMax,
+    timeoutMs: config.audit.timeoutMs,
+    onWriteError: (err, records) =>
+      log.error({ error: (err as Error).message, records }, "audit write failed; the calls waiting for it fail UNAVAILABLE"),
+  });
+  cleanups.push(() => auditLog.close());
+
+  // Reading, verifying and signing the log go through the main pool: a long
+  // verification or many open tails must not take the writers' connections.
+  const auditReader = createPgAuditRepository(pool);
+  const checkpointSigner = await createCheckpointSigner({ store: auditReader, rootKey });
+  log.info({ keyId: checkpointSigner.keyId }, "audit checkpoint key loaded");
+  if (config.audit.checkpointIntervalMs > 0) {
+    let signing: Promise<unknown> | undefined;
+    const checkpointTimer = setInterval(() => {
+      signing ??= checkpointSigner
+        .signIfMoved()
+        .catch((err: unknown) => log.warn({ error: (err as Error).message }, "periodic audit checkpoint failed"))
+        .finally(() => {
+          signing = undefined;
+        });
+    }, config.audit.checkpointIntervalMs);
+    checkpointTimer.unref();
+    cleanups.push(async () => {
+      clearInterval(checkpointTimer);
+      await signing;
+    });
+  }
+  return { auditLog, auditReader, checkpointSigner };
 }
