@@ -547,7 +547,7 @@ export type SignRequest = Message<"keyward.v1.SignRequest"> & {
   input: {
     /**
      * The message itself, 0..262144 bytes (256 KiB); the server hashes it
-     * with the algorithm's hash. The only input Ed25519 accepts.
+     * with the algorithm's hash. The only input Ed25519 and ECDSA accept.
      *
      * @generated from field: bytes message = 2;
      */
@@ -556,8 +556,9 @@ export type SignRequest = Message<"keyward.v1.SignRequest"> & {
   } | {
     /**
      * The message's digest computed by the caller with the algorithm's hash:
-     * 32 bytes for *_SHA256, 48 bytes for ECDSA_P384_SHA384. 32..64 bytes.
-     * Not accepted by ED25519.
+     * 32 bytes for the RSA_PSS_*_SHA256 algorithms. 32..64 bytes. Accepted by
+     * RSA-PSS only: not by ED25519, and not yet by ECDSA (the server's crypto
+     * library cannot sign a precomputed ECDSA digest).
      *
      * @generated from field: bytes digest = 3;
      */
@@ -635,7 +636,7 @@ export type VerifyRequest = Message<"keyward.v1.VerifyRequest"> & {
   } | {
     /**
      * The digest of the signed message, computed with the algorithm's hash:
-     * 32..64 bytes (see SignRequest.digest). Not accepted by ED25519.
+     * 32..64 bytes (see SignRequest.digest). RSA-PSS only.
      *
      * @generated from field: bytes digest = 3;
      */
@@ -1212,7 +1213,8 @@ export const CryptoService: GenService<{
    *
    * Returns: OK; INVALID_ARGUMENT when a field is malformed, neither message
    * nor digest is set, digest's length is not the algorithm's hash length, or
-   * digest is used with ED25519 (which signs messages only); NOT_FOUND when the
+   * digest is used with an algorithm that signs messages only (ED25519 and,
+   * for now, the ECDSA ones); NOT_FOUND when the
    * key or version does not exist; FAILED_PRECONDITION when the key's purpose
    * is not SIGN_VERIFY, or the key or version is not ENABLED;
    * PERMISSION_DENIED; UNAVAILABLE.
@@ -1232,7 +1234,8 @@ export const CryptoService: GenService<{
    * Roles: SERVICE.
    *
    * Returns: OK; INVALID_ARGUMENT when a field is malformed, neither message
-   * nor digest is set, or digest is used with ED25519 or has the wrong length;
+   * nor digest is set, or digest is used with an algorithm that takes messages
+   * only (ED25519, ECDSA) or has the wrong length;
    * NOT_FOUND when the key or version does not exist; FAILED_PRECONDITION when
    * the key's purpose is not SIGN_VERIFY, the key or version is not ENABLED, or
    * the version is below min_decryption_version; PERMISSION_DENIED;
