@@ -13,7 +13,7 @@ import { AccessService } from "../../gen/keyward/v1/access_pb.js";
 import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { createChainVerifier, GENESIS_HASH } from "../../src/domain/audit/chain.js";
 import type { AuditEvent } from "../../src/domain/audit/event.js";
-import type { Role } from "../../src/domain/authz/roles.js";
+import { AUDIT_EVENT_COLUMNS, auditEventFromRow, type AuditEventRow } from "../../src/storage/pg/audit-repository.js";
 import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "../../src/storage/pg/embedded.js";
 import { dropSchema } from "../helpers/database.js";
 import { startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
@@ -177,40 +177,6 @@ const codeCounts = (outcomes: readonly Outcome[]) =>
 // ---------------------------------------------------------------------------
 // The audit log, read with SQL
 
-interface EventRow {
-  sequence: string;
-  time: Date;
-  identity: string;
-  roles: string[];
-  method: string;
-  resources: string[];
-  key_version: string;
-  result_code: number;
-  result_message: string;
-  request_id: string;
-  peer_address: string;
-  policy_digest: string;
-  previous_hash: Buffer;
-  hash: Buffer;
-}
-
-const toEvent = (row: EventRow): AuditEvent => ({
-  sequence: BigInt(row.sequence),
-  time: row.time,
-  identity: row.identity,
-  roles: row.roles as Role[],
-  method: row.method,
-  resources: row.resources,
-  keyVersion: row.key_version,
-  resultCode: row.result_code,
-  resultMessage: row.result_message,
-  requestId: row.request_id,
-  peerAddress: row.peer_address,
-  policyDigest: row.policy_digest,
-  previousHash: row.previous_hash,
-  hash: row.hash,
-});
-
 interface Chain {
   readonly events: AuditEvent[];
   readonly head: { sequence: bigint; hash: Buffer };
@@ -229,9 +195,9 @@ async function readChain(connectionString: string, schema: string): Promise<Chai
     // One snapshot for the head and the events.
     await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
     const head = (await client.query<{ sequence: string; hash: Buffer }>(`SELECT sequence, hash FROM ${s}.audit_head`)).rows[0]!;
-    const { rows } = await client.query<EventRow>(`SELECT * FROM ${s}.audit_events ORDER BY sequence`);
+    const { rows } = await client.query<AuditEventRow>(`SELECT ${AUDIT_EVENT_COLUMNS} FROM ${s}.audit_events ORDER BY sequence`);
     await client.query("COMMIT");
-    const events = rows.map(toEvent);
+    const events = rows.map(auditEventFromRow);
     const headSequence = BigInt(head.sequence);
     const verifier = createChainVerifier({ sequence: 1n, previousHash: GENESIS_HASH, end: headSequence });
     let broken = "";
