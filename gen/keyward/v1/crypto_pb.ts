@@ -95,7 +95,7 @@ export type EncryptRequest = Message<"keyward.v1.EncryptRequest"> & {
   /**
    * Resource name of the key to encrypt with: `keys/{key}` (its primary
    * version) or `keys/{key}/versions/{n}` (that version, which must be
-   * ENABLED). Required.
+   * ENABLED and not below min_decryption_version). Required.
    *
    * @generated from field: string name = 1;
    */

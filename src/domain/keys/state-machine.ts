@@ -262,22 +262,22 @@ export type KeyOperation = "encrypt" | "decrypt" | "sign" | "verify" | "mac" | "
 
 /**
  * What each operation requires: the key's purpose, and which versions serve it.
- * - `primary`: new data (encrypt, sign, mac) uses only the primary version, so
- *   that a rotation really moves new data to new material and raising
- *   min_decryption_version can never orphan fresh ciphertexts.
- * - `from-min`: checking old data (decrypt, verify, verify-mac) accepts any
- *   ENABLED version at or above min_decryption_version.
+ * - `from-min`: any ENABLED version at or above min_decryption_version.
+ *   Checking old data (decrypt, verify, verify-mac) needs it; new data
+ *   (encrypt, sign, mac) uses the primary unless the caller names a version,
+ *   and the minimum keeps a named version from producing what could no
+ *   longer be decrypted or verified.
  * - `any`: GetPublicKey serves any ENABLED version (keys.proto does not apply
  *   min_decryption_version to it; the public key is not secret).
  */
 export const KEY_OPERATIONS: Readonly<
-  Record<KeyOperation, { readonly purpose: KeyPurpose; readonly versions: "primary" | "from-min" | "any" }>
+  Record<KeyOperation, { readonly purpose: KeyPurpose; readonly versions: "from-min" | "any" }>
 > = Object.freeze({
-  encrypt: Object.freeze({ purpose: "ENCRYPT_DECRYPT", versions: "primary" }),
+  encrypt: Object.freeze({ purpose: "ENCRYPT_DECRYPT", versions: "from-min" }),
   decrypt: Object.freeze({ purpose: "ENCRYPT_DECRYPT", versions: "from-min" }),
-  sign: Object.freeze({ purpose: "SIGN_VERIFY", versions: "primary" }),
+  sign: Object.freeze({ purpose: "SIGN_VERIFY", versions: "from-min" }),
   verify: Object.freeze({ purpose: "SIGN_VERIFY", versions: "from-min" }),
-  mac: Object.freeze({ purpose: "MAC", versions: "primary" }),
+  mac: Object.freeze({ purpose: "MAC", versions: "from-min" }),
   "verify-mac": Object.freeze({ purpose: "MAC", versions: "from-min" }),
   "get-public-key": Object.freeze({ purpose: "SIGN_VERIFY", versions: "any" }),
 });
@@ -610,11 +610,11 @@ export function rotationDue(key: Key, now: Date): boolean {
  *    not ENCRYPT_DECRYPT`);
  * 2. the key is ENABLED (`key keys/x is DISABLED`);
  * 3. the version is not DESTROYED (`version 3 of keys/x is DESTROYED`);
- * 4. for encrypt, sign and mac: the version is the primary (`version 2 of
- *    keys/x is not the primary version 3; encrypt uses only the primary
- *    version`); for decrypt, verify and verify-mac: it is not below min
- *    decryption version (`version 2 of keys/x is below
- *    min_decryption_version 3`);
+ * 4. except for get-public-key: the version is not below min decryption
+ *    version (`version 2 of keys/x is below min_decryption_version 3`).
+ *    Encrypt, sign and mac use the primary when the caller names only the
+ *    key, but may be given an older version explicitly (as in Cloud KMS):
+ *    the minimum keeps them from producing what could not be decrypted;
  * 5. the version is ENABLED (`version 2 of keys/x is DISABLED`).
  * Permanent reasons come before reversible ones, so the caller is not told
  * to enable a version that would still be refused.
@@ -636,11 +636,6 @@ export function usableFor(key: Key, version: KeyVersion, operation: KeyOperation
   }
   if (version.state === "DESTROYED") {
     return refused(`version ${n} of ${key.name} is DESTROYED`);
-  }
-  if (needs.versions === "primary" && n !== key.primaryVersion) {
-    return refused(
-      `version ${n} of ${key.name} is not the primary version ${key.primaryVersion}; ${operation} uses only the primary version`,
-    );
   }
   if (needs.versions === "from-min" && n < key.minDecryptionVersion) {
     return refused(`version ${n} of ${key.name} is below min_decryption_version ${key.minDecryptionVersion}`);

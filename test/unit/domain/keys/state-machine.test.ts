@@ -393,10 +393,8 @@ describe("rotate", () => {
     });
     expect(usableFor(key, version, "encrypt")).toEqual({ ok: true });
     expect(usableFor(key, versionOf(fixture, 3), "decrypt")).toEqual({ ok: true });
-    expect(usableFor(key, versionOf(fixture, 3), "encrypt")).toMatchObject({
-      ok: false,
-      error: { message: "version 3 of keys/x is not the primary version 4; encrypt uses only the primary version" },
-    });
+    // A named older version may still encrypt (the caller chose it).
+    expect(usableFor(key, versionOf(fixture, 3), "encrypt")).toEqual({ ok: true });
   });
 
   it("numbers the new version above every version ever made, never reusing one", () => {
@@ -660,7 +658,8 @@ describe("usableFor", () => {
   type Case = readonly [string, Key, KeyVersion, KeyOperation, string | null];
   const cases: Case[] = [
     ["encrypt with the primary", key, v(4), "encrypt", ok],
-    ["encrypt with an older version", key, v(3), "encrypt", "version 3 of keys/x is not the primary version 4; encrypt uses only the primary version"],
+    ["encrypt with an older version at the minimum", key, v(3), "encrypt", ok],
+    ["encrypt below the minimum", key, v(2), "encrypt", "version 2 of keys/x is below min_decryption_version 3"],
     ["decrypt with the primary", key, v(4), "decrypt", ok],
     ["decrypt with a version at the minimum", key, v(3), "decrypt", ok],
     ["decrypt below the minimum", key, v(2), "decrypt", "version 2 of keys/x is below min_decryption_version 3"],
@@ -669,7 +668,7 @@ describe("usableFor", () => {
     ["decrypt with a DESTROYED version", key, destroyed(3), "decrypt", "version 3 of keys/x is DESTROYED"],
     ["decrypt with a DESTROYED version below the minimum", key, destroyed(2), "decrypt", "version 2 of keys/x is DESTROYED"],
     ["encrypt with a DESTROYED primary", key, destroyed(4), "encrypt", "version 4 of keys/x is DESTROYED"],
-    ["encrypt with a DISABLED older version", key, disabled(3), "encrypt", "version 3 of keys/x is not the primary version 4; encrypt uses only the primary version"],
+    ["encrypt with a DISABLED older version", key, disabled(3), "encrypt", "version 3 of keys/x is DISABLED"],
     ["decrypt with a DISABLED key", disableKey(key, NOW).key, v(4), "decrypt", "key keys/x is DISABLED"],
     ["encrypt with a key PENDING_DELETION", scheduleDeletion(key, DAY, DAY, NOW).key, v(4), "encrypt", "key keys/x is PENDING_DELETION"],
     ["sign with an ENCRYPT_DECRYPT key", key, v(4), "sign", "keys/x has purpose ENCRYPT_DECRYPT, not SIGN_VERIFY"],
@@ -685,7 +684,8 @@ describe("usableFor", () => {
   const s = (n: number) => versionOf(signing, n);
   cases.push(
     ["sign with the primary", signingKey, s(3), "sign", ok],
-    ["sign with an older version", signingKey, s(2), "sign", "version 2 of keys/x is not the primary version 3; sign uses only the primary version"],
+    ["sign with an older version", signingKey, s(2), "sign", ok],
+    ["sign below the minimum", signingKey, { ...s(1), state: "ENABLED" }, "sign", "version 1 of keys/x is below min_decryption_version 2"],
     ["verify with an older version", signingKey, s(2), "verify", ok],
     ["verify below the minimum", signingKey, s(1), "verify", "version 1 of keys/x is below min_decryption_version 2"],
     ["get-public-key of an older version", signingKey, s(2), "get-public-key", ok],
@@ -700,7 +700,7 @@ describe("usableFor", () => {
   const m = (n: number) => versionOf(mac, n);
   cases.push(
     ["mac with the primary", mac.key, m(3), "mac", ok],
-    ["mac with an older version", mac.key, m(2), "mac", "version 2 of keys/x is not the primary version 3; mac uses only the primary version"],
+    ["mac with an older version", mac.key, m(2), "mac", ok],
     ["verify-mac with an older version", mac.key, m(2), "verify-mac", ok],
     ["verify-mac with a DISABLED version", mac.key, m(1), "verify-mac", "version 1 of keys/x is DISABLED"],
     ["sign with a MAC key", mac.key, m(3), "sign", "keys/x has purpose MAC, not SIGN_VERIFY"],
