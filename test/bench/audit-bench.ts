@@ -17,9 +17,6 @@
  * --skip-baseline.
  */
 import { randomBytes, randomUUID } from "node:crypto";
-import { chmod, mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { ENV_VARS } from "../../src/config.js";
@@ -27,12 +24,10 @@ import { createChainVerifier, GENESIS_HASH } from "../../src/domain/audit/chain.
 import type { AuditRecord } from "../../src/domain/audit/event.js";
 import { createGroupCommitter } from "../../src/domain/audit/group-commit.js";
 import { createPgAuditRepository } from "../../src/storage/pg/audit-repository.js";
-import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "../../src/storage/pg/embedded.js";
 import { migrate } from "../../src/storage/pg/migrate.js";
 import { createPool } from "../../src/storage/pg/pool.js";
+import { chooseDatabase, describeDatabase } from "../helpers/choose-database.js";
 
-/** Probed when DATABASE_URL is unset; KEYWARD_TEST_PROBE_URL overrides it, as in the tests' setup. */
-const PROBE_URL = process.env.KEYWARD_TEST_PROBE_URL || "postgres://postgres@127.0.0.1:5432/test";
 
 const { values: args } = parseArgs({
   options: {
@@ -128,48 +123,8 @@ function describePhase(name: string, result: PhaseResult): string {
   );
 }
 
-async function answers(url: string): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000, query_timeout: 2000 });
-  client.on("error", () => {});
-  try {
-    await client.connect();
-    await client.query("SELECT 1");
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
-async function chooseDatabase(): Promise<{ url: string; kind: string; release(): Promise<void> }> {
-  if (process.env.DATABASE_URL) {
-    return { url: process.env.DATABASE_URL, kind: "DATABASE_URL", release: async () => {} };
-  }
-  if (await answers(PROBE_URL)) {
-    return { url: PROBE_URL, kind: `local ${new URL(PROBE_URL).host}`, release: async () => {} };
-  }
-  const root = await mkdtemp(join(tmpdir(), "keyward-bench-pg-"));
-  await chmod(root, 0o755);
-  let embedded: EmbeddedPostgresHandle;
-  try {
-    embedded = await startEmbeddedPostgres({ dataDir: join(root, "data"), log: () => {} });
-  } catch (err) {
-    await rm(root, { recursive: true, force: true });
-    throw err;
-  }
-  return {
-    url: embedded.connectionString,
-    kind: "embedded",
-    release: async () => {
-      await embedded.stop();
-      await rm(root, { recursive: true, force: true });
-    },
-  };
-}
-
 async function main(): Promise<number> {
-  const database = await chooseDatabase();
+  const database = await chooseDatabase(process.env.DATABASE_URL);
   const schema = `bench_${randomBytes(6).toString("hex")}`;
   const admin = new pg.Client({ connectionString: database.url });
   admin.on("error", () => {});
@@ -183,7 +138,7 @@ async function main(): Promise<number> {
       "SELECT name, setting FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync', 'wal_sync_method', 'server_version')",
     );
     process.stdout.write(
-      `database: ${database.kind}; ${settings.rows.map((r) => `${r.name}=${r.setting}`).join(", ")}\n` +
+      `database: ${describeDatabase(database)}; ${settings.rows.map((r) => `${r.name}=${r.setting}`).join(", ")}\n` +
         `group commit: batch ${BATCH_MAX}, queue ${QUEUE_MAX}, timeout ${TIMEOUT_MS} ms, audit pool 2; ` +
         `${PRODUCERS} producers, ${SECONDS} s per phase\n`,
     );
