@@ -1,12 +1,12 @@
 import { spawn } from "node:child_process";
-import { generateKeyPairSync, randomBytes, sign, type KeyObject } from "node:crypto";
+import { randomBytes, sign } from "node:crypto";
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { checkpointPayload, publicKeyId } from "../../src/domain/audit/checkpoint.js";
+import { checkpointPayload } from "../../src/domain/audit/checkpoint.js";
 import type { AuditEvent, AuditRecord } from "../../src/domain/audit/event.js";
 import { createPgAuditRepository } from "../../src/storage/pg/audit-repository.js";
 import { startEmbeddedPostgres } from "../../src/storage/pg/embedded.js";
@@ -15,6 +15,7 @@ import { createPool } from "../../src/storage/pg/pool.js";
 import { exportAuditLogToFile } from "../../src/tools/audit-export.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/database.js";
 import type {} from "../setup/global-database.js";
+import { newCheckpointKey } from "../fixtures/audit.js";
 
 const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -55,20 +56,8 @@ const record = (i: number): AuditRecord => ({
   policyDigest: "cd".repeat(32),
 });
 
-interface SigningKey {
-  readonly privateKey: KeyObject;
-  readonly pem: string;
-  readonly keyId: string;
-}
-
-function newSigningKey(): SigningKey {
-  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
-  const pem = publicKey.export({ type: "spki", format: "pem" }).toString();
-  return { privateKey, pem, keyId: publicKeyId(pem) };
-}
-
-const KEY = newSigningKey();
-const OTHER_KEY = newSigningKey();
+const KEY = newCheckpointKey();
+const OTHER_KEY = newCheckpointKey();
 
 /** 50 events appended in batches, the signing key, and a checkpoint at 40. */
 async function populate(pool: pg.Pool): Promise<AuditEvent[]> {

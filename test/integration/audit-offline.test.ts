@@ -1,11 +1,11 @@
-import { createHash, createPublicKey, generateKeyPairSync, randomBytes, sign, verify, type KeyObject } from "node:crypto";
+import { createHash, createPublicKey, generateKeyPairSync, randomBytes, sign, verify } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { hashEvent } from "../../src/domain/audit/chain.js";
-import { checkpointPayload, publicKeyId } from "../../src/domain/audit/checkpoint.js";
+import { checkpointPayload } from "../../src/domain/audit/checkpoint.js";
 import type { AuditEvent, AuditRecord } from "../../src/domain/audit/event.js";
 import { loadConfig } from "../../src/config.js";
 import { createPgAuditRepository } from "../../src/storage/pg/audit-repository.js";
@@ -20,6 +20,7 @@ import {
   type AuditVerification,
 } from "../../src/tools/audit-verify.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/database.js";
+import { newCheckpointKey, type CheckpointKey } from "../fixtures/audit.js";
 
 const EVENTS = 50;
 const CHECKPOINTS = [20n, 40n] as const;
@@ -45,24 +46,12 @@ function record(i: number): AuditRecord {
   };
 }
 
-interface SigningKey {
-  readonly privateKey: KeyObject;
-  readonly pem: string;
-  readonly keyId: string;
-}
-
-function newSigningKey(): SigningKey {
-  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
-  const pem = publicKey.export({ type: "spki", format: "pem" }).toString();
-  return { privateKey, pem, keyId: publicKeyId(pem) };
-}
-
 const checkpointTime = (sequence: bigint) => new Date(BASE_TIME + Number(sequence) * 1_001 + 500);
-const signCheckpoint = (key: SigningKey, sequence: bigint, hash: Buffer) =>
+const signCheckpoint = (key: CheckpointKey, sequence: bigint, hash: Buffer) =>
   sign(null, checkpointPayload(sequence, hash, checkpointTime(sequence)), key.privateKey);
 
-const KEY = newSigningKey();
-const OTHER_KEY = newSigningKey();
+const KEY = newCheckpointKey();
+const OTHER_KEY = newCheckpointKey();
 
 /** Re-hashes events from index `from` on, as an attacker who knows the (public) algorithm would. */
 function rechain(events: AuditEvent[], from: number): AuditEvent[] {

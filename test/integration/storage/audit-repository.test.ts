@@ -1,24 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createChainVerifier, GENESIS_HASH } from "../../../src/domain/audit/chain.js";
-import type { AuditRecord } from "../../../src/domain/audit/event.js";
 import { createPgAuditRepository, type AuditRepository } from "../../../src/storage/pg/audit-repository.js";
 import { createPool } from "../../../src/storage/pg/pool.js";
 import { createTestDatabase, type TestDatabase } from "../../helpers/database.js";
+import { auditRecord } from "../../fixtures/audit.js";
 
-const record = (overrides: Partial<AuditRecord> = {}): AuditRecord => ({
-  time: new Date(Date.UTC(2026, 10, 24, 7, 30, 0, 123)),
-  identity: "spiffe://keyward.local/service",
-  roles: ["SERVICE"],
-  method: "/keyward.v1.CryptoService/Encrypt",
-  resources: ["keys/payments"],
-  keyVersion: "keys/payments/versions/1",
-  resultCode: 0,
-  resultMessage: "",
-  requestId: "req-1",
-  peerAddress: "127.0.0.1:5000",
-  policyDigest: "ab".repeat(32),
-  ...overrides,
-});
 
 describe("audit repository", () => {
   let db: TestDatabase;
@@ -32,8 +18,8 @@ describe("audit repository", () => {
 
   it("appends a chain that reads back identical and verifies", async () => {
     const written = await repo.append([
-      record(),
-      record({ roles: [], resources: ["keys/a", "keys/b"], resultCode: 7, resultMessage: "permission denied: é ✓", keyVersion: "" }),
+      auditRecord(),
+      auditRecord({ roles: [], resources: ["keys/a", "keys/b"], resultCode: 7, resultMessage: "permission denied: é ✓", keyVersion: "" }),
     ]);
     expect(written.map((e) => e.sequence)).toEqual([1n, 2n]);
     expect(written[0]!.previousHash).toEqual(GENESIS_HASH);
@@ -70,7 +56,7 @@ describe("audit repository", () => {
       const repos = pools.map(createPgAuditRepository);
       const before = (await repo.head()).sequence;
       await Promise.all(
-        Array.from({ length: 60 }, (_, i) => repos[i % 3]!.append([record({ requestId: `c-${i}` }), record({ requestId: `d-${i}` })])),
+        Array.from({ length: 60 }, (_, i) => repos[i % 3]!.append([auditRecord({ requestId: `c-${i}` }), auditRecord({ requestId: `d-${i}` })])),
       );
       const head = await repo.head();
       expect(head.sequence).toBe(before + 120n);

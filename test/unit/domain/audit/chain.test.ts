@@ -9,24 +9,11 @@ import {
   type ChainBreak,
   type CheckpointClaim,
 } from "../../../../src/domain/audit/chain.js";
-import type { AuditEvent, AuditRecord } from "../../../../src/domain/audit/event.js";
+import type { AuditEvent } from "../../../../src/domain/audit/event.js";
+import { auditRecord } from "../../../fixtures/audit.js";
 
-const record = (overrides: Partial<AuditRecord> = {}): AuditRecord => ({
-  time: new Date(Date.UTC(2026, 10, 24, 7, 30, 0, 123)),
-  identity: "spiffe://keyward.local/service",
-  roles: ["SERVICE"],
-  method: "/keyward.v1.CryptoService/Encrypt",
-  resources: ["keys/payments"],
-  keyVersion: "keys/payments/versions/1",
-  resultCode: 0,
-  resultMessage: "",
-  requestId: "req-1",
-  peerAddress: "127.0.0.1:5000",
-  policyDigest: "ab".repeat(32),
-  ...overrides,
-});
 
-const second = record({
+const second = auditRecord({
   time: new Date(Date.UTC(2026, 10, 24, 7, 30, 0, 124)),
   identity: "spiffe://keyward.local/admin",
   roles: [],
@@ -92,25 +79,25 @@ describe("hashEvent known answers", () => {
   });
 
   it("encodeEvent produces exactly the documented bytes", () => {
-    expect(encodeEvent(1n, record()).toString("hex")).toBe(FIRST_ENCODING.toString("hex"));
+    expect(encodeEvent(1n, auditRecord()).toString("hex")).toBe(FIRST_ENCODING.toString("hex"));
     expect(encodeEvent(2n, second).toString("hex")).toBe(SECOND_ENCODING.toString("hex"));
   });
 
   it("hashEvent and chainRecords give the pinned digests", () => {
-    expect(hashEvent(GENESIS_HASH, 1n, record()).toString("hex")).toBe(FIRST_HASH);
+    expect(hashEvent(GENESIS_HASH, 1n, auditRecord()).toString("hex")).toBe(FIRST_HASH);
     expect(hashEvent(Buffer.from(FIRST_HASH, "hex"), 2n, second).toString("hex")).toBe(SECOND_HASH);
-    const [a, b] = chainRecords({ sequence: 0n, hash: GENESIS_HASH }, [record(), second]);
+    const [a, b] = chainRecords({ sequence: 0n, hash: GENESIS_HASH }, [auditRecord(), second]);
     expect(a!.hash.toString("hex")).toBe(FIRST_HASH);
     expect(b!.previousHash.toString("hex")).toBe(FIRST_HASH);
     expect(b!.hash.toString("hex")).toBe(SECOND_HASH);
   });
 
   it("moving a value between adjacent fields changes the hash (length prefixes)", () => {
-    const joined = hashEvent(GENESIS_HASH, 1n, record({ requestId: "ab", peerAddress: "c" }));
-    const shifted = hashEvent(GENESIS_HASH, 1n, record({ requestId: "a", peerAddress: "bc" }));
+    const joined = hashEvent(GENESIS_HASH, 1n, auditRecord({ requestId: "ab", peerAddress: "c" }));
+    const shifted = hashEvent(GENESIS_HASH, 1n, auditRecord({ requestId: "a", peerAddress: "bc" }));
     expect(joined.equals(shifted)).toBe(false);
-    const oneList = hashEvent(GENESIS_HASH, 1n, record({ resources: ["keys/a", "keys/b"] }));
-    const twoLists = hashEvent(GENESIS_HASH, 1n, record({ resources: ["keys/a"], keyVersion: "keys/b" }));
+    const oneList = hashEvent(GENESIS_HASH, 1n, auditRecord({ resources: ["keys/a", "keys/b"] }));
+    const twoLists = hashEvent(GENESIS_HASH, 1n, auditRecord({ resources: ["keys/a"], keyVersion: "keys/b" }));
     expect(oneList.equals(twoLists)).toBe(false);
   });
 });
@@ -120,7 +107,7 @@ function sampleChain(): AuditEvent[] {
   return chainRecords(
     { sequence: 0n, hash: GENESIS_HASH },
     [0, 1, 2, 3, 4, 5].map((i) =>
-      record({ time: new Date(Date.UTC(2026, 0, 1, 0, 0, i)), requestId: `req-${i + 1}`, resultCode: i % 3 }),
+      auditRecord({ time: new Date(Date.UTC(2026, 0, 1, 0, 0, i)), requestId: `req-${i + 1}`, resultCode: i % 3 }),
     ),
   );
 }
@@ -158,7 +145,7 @@ describe("chainRecords + createChainVerifier", () => {
 
   it("continues a chain from a stored head", () => {
     const events = sampleChain();
-    const more = chainRecords({ sequence: 6n, hash: events[5]!.hash }, [record({ requestId: "later" })]);
+    const more = chainRecords({ sequence: 6n, hash: events[5]!.hash }, [auditRecord({ requestId: "later" })]);
     expect(more[0]!.sequence).toBe(7n);
     expect(verify([...events, ...more])).toMatchObject({ break: undefined, verified: 7n });
   });
@@ -227,7 +214,7 @@ describe("tampering is found at the first broken sequence", () => {
       name: "forged event appended",
       tamper: (events) => [
         ...events,
-        { ...record({ requestId: "forged" }), sequence: 7n, previousHash: events[5]!.hash, hash: Buffer.alloc(32, 9) },
+        { ...auditRecord({ requestId: "forged" }), sequence: 7n, previousHash: events[5]!.hash, hash: Buffer.alloc(32, 9) },
       ],
       expected: { sequence: 7n, reason: "hash mismatch" },
       verified: 6n,
@@ -235,7 +222,7 @@ describe("tampering is found at the first broken sequence", () => {
     {
       name: "forged event appended with a made-up previous_hash",
       tamper: (events) => {
-        const forged = { ...record({ requestId: "forged" }), sequence: 7n, previousHash: Buffer.alloc(32, 3) };
+        const forged = { ...auditRecord({ requestId: "forged" }), sequence: 7n, previousHash: Buffer.alloc(32, 3) };
         return [...events, { ...forged, hash: hashEvent(forged.previousHash, 7n, forged) }];
       },
       expected: { sequence: 7n, reason: "previous_hash mismatch" },

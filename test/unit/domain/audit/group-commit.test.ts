@@ -3,20 +3,10 @@ import { chainRecords, GENESIS_HASH } from "../../../../src/domain/audit/chain.j
 import type { AuditEvent, AuditRecord } from "../../../../src/domain/audit/event.js";
 import { createGroupCommitter, type GroupCommitOptions, type GroupCommitter } from "../../../../src/domain/audit/group-commit.js";
 import { DomainError } from "../../../../src/domain/errors.js";
+import { auditRecord } from "../../../fixtures/audit.js";
 
-const record = (requestId: string): AuditRecord => ({
-  time: new Date(Date.UTC(2026, 10, 24)),
-  identity: "spiffe://keyward.local/service",
-  roles: ["SERVICE"],
-  method: "/keyward.v1.CryptoService/Encrypt",
-  resources: ["keys/payments"],
-  keyVersion: "",
-  resultCode: 0,
-  resultMessage: "",
-  requestId,
-  peerAddress: "127.0.0.1:5000",
-  policyDigest: "ab".repeat(32),
-});
+const record = (requestId: string): AuditRecord =>
+  auditRecord({ time: new Date(Date.UTC(2026, 10, 24)), keyVersion: "", requestId });
 
 /** A promise with its settle functions exposed. */
 function deferred<T = void>() {
