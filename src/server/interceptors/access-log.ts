@@ -22,21 +22,20 @@ export function createAccessLogInterceptor(log: Logger): Interceptor {
     const method = `/${req.service.typeName}/${req.method.name}`;
 
     const write = (error: unknown) => {
-      const code = error === undefined ? "ok" : codeName(ConnectError.from(error).code);
+      const failure = error === undefined ? undefined : ConnectError.from(error);
       const entry = {
         requestId,
         identity: req.contextValues.get(kIdentity)?.name,
         peer: req.contextValues.get(kPeerAddress),
         method,
-        code,
+        code: failure ? codeName(failure.code) : "ok",
         durationMs: Math.round((performance.now() - started) * 1000) / 1000,
       };
-      if (error === undefined) {
+      if (failure === undefined) {
         log.info(entry, "call");
       } else {
-        const connectError = ConnectError.from(error);
-        const level = connectError.code === Code.Internal || connectError.code === Code.Unknown ? "error" : "info";
-        log[level]({ ...entry, error: connectError.rawMessage }, "call failed");
+        const level = failure.code === Code.Internal || failure.code === Code.Unknown ? "error" : "info";
+        log[level]({ ...entry, error: failure.rawMessage }, "call failed");
       }
     };
 
