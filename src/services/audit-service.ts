@@ -4,22 +4,11 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { AuditService, ListAuditEventsRequest, TailAuditEventsResponseSchema } from "../../gen/keyward/v1/audit_pb.js";
 import { createChainVerifier, GENESIS_HASH, type ChainBreak, type CheckpointClaim } from "../domain/audit/chain.js";
 import { verifyCheckpoint, type Checkpoint } from "../domain/audit/checkpoint.js";
-import type { AuditEvent } from "../domain/audit/event.js";
+import type { AuditEvent, AuditFilter } from "../domain/audit/event.js";
 import type { CheckpointSigner } from "../domain/audit/signer.js";
 import { DomainError } from "../domain/errors.js";
 import { timestampToCeilDate, toProtoAuditCheckpoint, toProtoAuditEvent } from "./convert.js";
 
-/** Filters of {@link AuditLogReader.list}; all optional, combined with AND. */
-export interface AuditEventFilter {
-  readonly startTime?: Date;
-  readonly endTime?: Date;
-  readonly identity?: string;
-  /** A full gRPC path, or a service prefix ending in `/`. */
-  readonly method?: string;
-  /** This resource or any below it, by whole segments. */
-  readonly resource?: string;
-  readonly resultCode?: number;
-}
 
 /** What the service reads from the audit log (the pg audit repository provides it). */
 export interface AuditLogReader {
@@ -27,7 +16,7 @@ export interface AuditLogReader {
   /** Events with `from <= sequence <= to`, ascending, at most `limit`. */
   range(from: bigint, to: bigint, limit: number): Promise<AuditEvent[]>;
   list(
-    filter: AuditEventFilter,
+    filter: AuditFilter,
     options: { after?: bigint; before?: bigint; newestFirst: boolean; limit: number },
   ): Promise<AuditEvent[]>;
   checkpoints(): Promise<Checkpoint[]>;
@@ -211,7 +200,7 @@ function signedClaims(stored: readonly Checkpoint[], signer: CheckpointSigner): 
   return stored.filter((checkpoint) => checkpoint.keyId === signer.keyId && verifyCheckpoint(checkpoint, signer.publicKeyPem));
 }
 
-function toFilter(request: ListAuditEventsRequest): AuditEventFilter {
+function toFilter(request: ListAuditEventsRequest): AuditFilter {
   return {
     ...(request.startTime ? { startTime: timestampToCeilDate(request.startTime) } : {}),
     ...(request.endTime ? { endTime: timestampToCeilDate(request.endTime) } : {}),
@@ -223,7 +212,7 @@ function toFilter(request: ListAuditEventsRequest): AuditEventFilter {
 }
 
 /** Binds a page token to the filters and order it was issued for (page_size may change, AIP-158). */
-function filterDigest(filter: AuditEventFilter, newestFirst: boolean): string {
+function filterDigest(filter: AuditFilter, newestFirst: boolean): string {
   const canonical = JSON.stringify([
     filter.startTime?.getTime() ?? null,
     filter.endTime?.getTime() ?? null,

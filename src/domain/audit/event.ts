@@ -34,3 +34,15 @@ export interface AuditEvent extends AuditRecord {
   /** See chain.ts for how it is computed. */
   readonly hash: Buffer;
 }
+
+/** Which events to read back; every field optional, combined with AND. */
+export interface AuditFilter {
+  readonly startTime?: Date;
+  readonly endTime?: Date;
+  readonly identity?: string;
+  /** A full gRPC path, or a service prefix ending in `/`. */
+  readonly method?: string;
+  /** This resource or any below it, by whole segments. */
+  readonly resource?: string;
+  readonly resultCode?: number;
+}

@@ -1,20 +1,8 @@
 import type pg from "pg";
 import type { Role } from "../../domain/authz/roles.js";
 import { chainRecords } from "../../domain/audit/chain.js";
-import type { AuditEvent, AuditRecord } from "../../domain/audit/event.js";
+import type { AuditEvent, AuditFilter, AuditRecord } from "../../domain/audit/event.js";
 import { withTransaction } from "./transaction.js";
-
-/** Filters of {@link AuditRepository.list}; all optional, combined with AND. */
-export interface AuditFilter {
-  readonly startTime?: Date;
-  readonly endTime?: Date;
-  readonly identity?: string;
-  /** A full gRPC path, or a service prefix ending in `/`. */
-  readonly method?: string;
-  /** Matches this resource or any below it, by whole segments. */
-  readonly resource?: string;
-  readonly resultCode?: number;
-}
 
 /** A stored checkpoint. */
 export interface StoredCheckpoint {
