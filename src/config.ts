@@ -43,6 +43,12 @@ export interface Config {
     /** How often the chain head is signed; 0: only on demand (GetAuditCheckpoint). */
     readonly checkpointIntervalMs: number;
   };
+  readonly keys: {
+    /** Shortest pending window ScheduleKeyDeletion accepts. */
+    readonly minPendingWindowMs: number;
+    /** How often due rotations and destructions are looked for. */
+    readonly schedulerIntervalMs: number;
+  };
 }
 
 /** Thrown for a bad environment; names the variable, never echoes its value. */
@@ -73,6 +79,8 @@ export const ENV_VARS = {
   KEYWARD_AUDIT_QUEUE_MAX: "20000",
   KEYWARD_AUDIT_BATCH_MAX: "1000",
   KEYWARD_AUDIT_CHECKPOINT_INTERVAL_MS: "60000",
+  KEYWARD_KEY_MIN_PENDING_WINDOW_MS: "86400000",
+  KEYWARD_KEY_SCHEDULER_INTERVAL_MS: "30000",
 } as const;
 
 /**
@@ -159,6 +167,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
       queueMax: integer("KEYWARD_AUDIT_QUEUE_MAX", 1, 1_000_000),
       batchMax: integer("KEYWARD_AUDIT_BATCH_MAX", 1, 10_000),
       checkpointIntervalMs: integer("KEYWARD_AUDIT_CHECKPOINT_INTERVAL_MS", 0, 86_400_000),
+    },
+    keys: {
+      minPendingWindowMs: integer("KEYWARD_KEY_MIN_PENDING_WINDOW_MS", 1000, 31_536_000_000),
+      schedulerIntervalMs: integer("KEYWARD_KEY_SCHEDULER_INTERVAL_MS", 100, 86_400_000),
     },
   };
   return deepFreeze(config);

@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { mkdir, readFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -18,7 +19,12 @@ import { parseRootKey, rootKeyCheck } from "./crypto/root-key.js";
 import type { SecretBytes } from "./crypto/secret-bytes.js";
 import { ensureDevPolicy, ensureDevRootKey } from "./dev/dev-files.js";
 import { devPkiPaths, ensureDevPki } from "./dev/pki.js";
+import type { AuditRecord } from "./domain/audit/event.js";
 import { createGroupCommitter } from "./domain/audit/group-commit.js";
+import { createCryptoOperations, createUsageRecorder } from "./domain/keys/crypto-operations.js";
+import { createKeyCache } from "./domain/keys/key-cache.js";
+import { createKeyManager } from "./domain/keys/key-manager.js";
+import { createKeyScheduler } from "./domain/keys/scheduler.js";
 import { createCheckpointSigner } from "./domain/audit/signer.js";
 import { createAccessLogInterceptor } from "./server/interceptors/access-log.js";
 import { createAuditInterceptor } from "./server/interceptors/audit.js";
@@ -29,10 +35,13 @@ import { createKeywardServer } from "./server/server.js";
 import { loadTlsMaterial, watchTlsFiles } from "./server/tls.js";
 import { createAccessService } from "./services/access-service.js";
 import { createAuditService } from "./services/audit-service.js";
+import { createCryptoService } from "./services/crypto-service.js";
+import { createKeysService } from "./services/keys-service.js";
 import { createHealthService, createHealthStatus } from "./services/health-service.js";
 import { createReflectionService } from "./services/reflection-service.js";
 import { createPgAuditRepository } from "./storage/pg/audit-repository.js";
 import { createPgDeploymentRepository } from "./storage/pg/deployment-repository.js";
+import { createPgKeyChangeFeed, createPgKeyRepository } from "./storage/pg/key-repository.js";
 import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
 import { migrate } from "./storage/pg/migrate.js";
 import { createPool } from "./storage/pg/pool.js";
@@ -114,6 +123,8 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
 
     const { auditLog, auditReader, checkpointSigner } = await startAudit(config, { databaseUrl, pool, rootKey, log, cleanups });
 
+    const { keys, crypto } = await startKeys(config, { databaseUrl, pool, rootKey, log, cleanups, auditReader, policy });
+
     const health = createHealthStatus(ServingStatus.SERVING);
     const healthProbe = setInterval(() => {
       deployment.ping().then(
@@ -136,7 +147,11 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       draining,
       interceptors: [
         createAccessLogInterceptor(log),
-        createAuditInterceptor({ audit: auditLog, policy }),
+        createAuditInterceptor({
+          audit: auditLog,
+          policy,
+          appendWithin: (tx, records) => auditReader.appendWithin(tx as pg.ClientBase, records),
+        }),
         createErrorInterceptor(log),
         createAuthenticateInterceptor(policy),
         createValidateInterceptor(),
@@ -153,10 +168,10 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
             onReadError: (err) => log.error({ error: (err as Error).message }, "audit log read failed"),
           }),
         );
-        // Services whose issues have not landed: every method answers UNIMPLEMENTED
+        // SecretsService is not served yet: every method answers UNIMPLEMENTED
         // (after authentication and authorization, which still apply).
-        router.service(KeysService, {});
-        router.service(CryptoService, {});
+        router.service(KeysService, createKeysService({ keys, policy }));
+        router.service(CryptoService, createCryptoService({ crypto }));
         router.service(SecretsService, {});
         router.service(Health, createHealthService(health, served.map((s) => s.typeName), draining.signal));
         router.service(ServerReflectionV1, createReflectionService(ServerReflectionV1, served));
@@ -303,4 +318,77 @@ async function startAudit(
     });
   }
   return { auditLog, auditReader, checkpointSigner };
+}
+
+/** How often usage counters are written: GetKey/ListKeyVersions may lag by this much. */
+const USAGE_FLUSH_MS = 2000;
+
+/**
+ * Keys: the repository, the change feed that keeps every replica's cache
+ * honest, the cache, the lifecycle manager, the crypto operations, usage
+ * counters and the rotation/destruction scheduler. What it starts goes into
+ * `cleanups`.
+ */
+async function startKeys(
+  config: Config,
+  deps: {
+    databaseUrl: string;
+    pool: pg.Pool;
+    rootKey: SecretBytes;
+    log: Logger;
+    cleanups: Array<() => Promise<void> | void>;
+    auditReader: ReturnType<typeof createPgAuditRepository>;
+    policy: ReturnType<typeof createPolicyStore>;
+  },
+) {
+  const { databaseUrl, pool, rootKey, log, cleanups, auditReader, policy } = deps;
+  const clock = { now: () => new Date() };
+  const repository = createPgKeyRepository(pool);
+  const feed = createPgKeyChangeFeed(databaseUrl, {
+    onError: (err) => log.warn({ error: err.message }, "key change feed lost; serving keys uncached until it is back"),
+  });
+  cleanups.push(() => feed.close());
+  // Not waiting forever: the cache serves uncached (always fresh) until the feed is live.
+  await Promise.race([feed.ready, new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
+
+  const cache = createKeyCache({ repository, feed, rootKey });
+  const usage = createUsageRecorder();
+  const flushUsage = () =>
+    repository.recordUsage(usage.drain()).catch((err: unknown) => log.warn({ error: (err as Error).message }, "key usage not recorded"));
+  const usageTimer = setInterval(flushUsage, USAGE_FLUSH_MS);
+  usageTimer.unref();
+  cleanups.push(async () => {
+    clearInterval(usageTimer);
+    await flushUsage();
+  });
+
+  const keys = createKeyManager({ repository, rootKey, clock, minPendingWindowMs: config.keys.minPendingWindowMs });
+  const crypto = createCryptoOperations({ cache, usage });
+
+  const scheduler = createKeyScheduler({
+    keys,
+    repository,
+    clock,
+    audit: (name, outcome) => (tx) => {
+      const record: AuditRecord = {
+        time: new Date(),
+        identity: "keyward/scheduler",
+        roles: [],
+        method: outcome === "rotated" ? "/keyward.v1.KeysService/RotateKey" : "keyward/scheduler/DestroyKey",
+        resources: [name],
+        keyVersion: "",
+        resultCode: 0,
+        resultMessage: outcome === "rotated" ? "automatic rotation" : "scheduled destruction",
+        requestId: randomUUID(),
+        peerAddress: "",
+        policyDigest: policy.current().policy.digest,
+      };
+      log.info({ key: name, outcome }, outcome === "rotated" ? "key rotated automatically" : "key destroyed as scheduled");
+      return auditReader.appendWithin(tx as pg.ClientBase, [record]).then(() => {});
+    },
+    onError: (err, name) => log.warn({ key: name, error: (err as Error).message }, "key scheduler run failed"),
+  });
+  scheduler.start(config.keys.schedulerIntervalMs);
+  cleanups.push(() => scheduler.stop());
+  return { keys, crypto, cache };
 }

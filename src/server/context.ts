@@ -25,3 +25,15 @@ export const kAuditDetail = createContextKey<string>("", { description: "audit d
 
 /** Set by a handler that wrote the call's event in its own transaction, with its mutation. */
 export const kAuditWritten = createContextKey<boolean>(false, { description: "audit event already written" });
+
+/**
+ * Writes the call's success event inside the handler's own transaction (a
+ * mutation), so that the change and its event commit together. Set by the
+ * audit interceptor; `tx` is the storage's transaction handle.
+ */
+export const kAuditWithin = createContextKey<(tx: unknown) => Promise<void>>(
+  async () => {
+    throw new Error("no audit interceptor on this call");
+  },
+  { description: "audit within a transaction" },
+);

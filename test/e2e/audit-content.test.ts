@@ -200,9 +200,9 @@ describe("the audit log holds no values", () => {
       for (const who of ["service", "admin"]) {
         const crypto = client(CryptoService, who, protocol);
         const secrets = client(SecretsService, who, protocol);
-        // SERVICE passes authorization and reaches the handler (UNIMPLEMENTED
-        // today, after auditing); ADMIN is refused before the handler.
-        const allowed = who === "service" ? Code.Unimplemented : Code.PermissionDenied;
+        // SERVICE passes authorization and reaches the handler (NOT_FOUND:
+        // there is no such key); ADMIN is refused before the handler.
+        const allowed = who === "service" ? Code.NotFound : Code.PermissionDenied;
         for (const plaintext of [markers.plaintext, markers.rawPlaintext]) {
           calls.push({ expected: allowed, requestId: "", run: (o) => crypto.encrypt({ name: "keys/open", plaintext, associatedData: markers.associatedData }, o) });
           calls.push({ expected: allowed, requestId: "", run: (o) => crypto.mac({ name: "keys/open", data: plaintext }, o) });
@@ -219,7 +219,11 @@ describe("the audit log holds no values", () => {
           run: (o) => crypto.decrypt({ name: "keys/open", ciphertext: randomBytes(64), associatedData: markers.associatedData }, o),
         });
         for (const data of [markers.secretValue, markers.rawSecret]) {
-          calls.push({ expected: allowed, requestId: "", run: (o) => secrets.addSecretVersion({ parent: "secrets/shop/prod/db", payload: { data } }, o) });
+          calls.push({
+            expected: who === "service" ? Code.Unimplemented : Code.PermissionDenied,
+            requestId: "",
+            run: (o) => secrets.addSecretVersion({ parent: "secrets/shop/prod/db", payload: { data } }, o),
+          });
         }
         // Invalid requests carrying the values: refused by validation (SERVICE) or by role (ADMIN).
         const invalid = who === "service" ? Code.InvalidArgument : Code.PermissionDenied;

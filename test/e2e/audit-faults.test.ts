@@ -269,7 +269,7 @@ describe("three server processes on one database", () => {
       add("invalid", 30, { code: Code.InvalidArgument, method: ENCRYPT, identity: SERVICE_ID }, (o) =>
         asService.crypto.encrypt({ name: "not a key", plaintext: new Uint8Array([1]) }, o),
       );
-      add("unimplemented", 30, { code: Code.Unimplemented, method: ENCRYPT, identity: SERVICE_ID }, (o) =>
+      add("not-found", 30, { code: Code.NotFound, method: ENCRYPT, identity: SERVICE_ID }, (o) =>
         asService.crypto.encrypt({ name: "keys/k", plaintext: new Uint8Array([1]) }, o),
       );
     });

@@ -109,7 +109,7 @@ describe("policy file reload", () => {
     expect(me.identity).toBe(SERVICE_ID);
     expect(me.roles).toEqual([Role.SERVICE]);
     expect(me.policyDigest).toBe(sha256(initial));
-    expect(await encrypt("keys/hr-payroll")).toBe(Code.Unimplemented); // authorized: the crypto handler is not there yet
+    expect(await encrypt("keys/hr-payroll")).toBe(Code.NotFound); // authorized: the key does not exist
 
     // 2. Add a deny rule: seen by GetCallerIdentity and enforced by authorization.
     const withDeny = policyText([SERVICE_ON_KEYS, NO_HR_KEYS, ADMIN_ON_ALL]);
@@ -121,7 +121,7 @@ describe("policy file reload", () => {
       { role: Role.SERVICE, effect: GrantEffect.DENY, resources: ["keys/hr-*"] },
     ]);
     expect(await encrypt("keys/hr-payroll")).toBe(Code.PermissionDenied);
-    expect(await encrypt("keys/orders")).toBe(Code.Unimplemented);
+    expect(await encrypt("keys/orders")).toBe(Code.NotFound);
 
     // 3. Remove the grant: the service holds no role any more.
     const withoutGrant = policyText([ADMIN_ON_ALL]);
@@ -158,7 +158,7 @@ describe("policy file reload", () => {
     await replaceFile(policyFile, fixed);
     me = await eventually(whoAmI, (r) => r.policyDigest === sha256(fixed), 3_000);
     expect(me.roles).toEqual([Role.SERVICE]);
-    expect(await encrypt("keys/orders")).toBe(Code.Unimplemented);
+    expect(await encrypt("keys/orders")).toBe(Code.NotFound);
   });
 });
 
@@ -202,8 +202,8 @@ describe("resource authorization with glob and deny rules", () => {
       .at(-1);
 
   it.each([
-    { name: "keys/payments-eu", code: Code.Unimplemented, message: /not implemented/i, logged: "unimplemented" },
-    { name: "keys/payments-eu/versions/3", code: Code.Unimplemented, message: /not implemented/i, logged: "unimplemented" },
+    { name: "keys/payments-eu", code: Code.NotFound, message: /^keys\/payments-eu not found$/, logged: "not_found" },
+    { name: "keys/payments-eu/versions/3", code: Code.NotFound, message: /^keys\/payments-eu not found$/, logged: "not_found" },
     { name: "keys/orders", code: Code.PermissionDenied, message: /no rule grants SERVICE on "keys\/orders"/, logged: "permission_denied" },
     {
       name: "keys/payments-hr",

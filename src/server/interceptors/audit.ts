@@ -4,7 +4,7 @@ import type { Decision } from "../../domain/authz/decide.js";
 import type { Role } from "../../domain/authz/roles.js";
 import type { GroupCommitter } from "../../domain/audit/group-commit.js";
 import { DomainError } from "../../domain/errors.js";
-import { kAuditDetail, kAuditKeyVersion, kAuditWritten, kDecision, kIdentity, kPeerAddress, kRequestId } from "../context.js";
+import { kAuditDetail, kAuditKeyVersion, kAuditWithin, kAuditWritten, kDecision, kIdentity, kPeerAddress, kRequestId } from "../context.js";
 import { PERMISSIONS } from "../permissions.js";
 import type { PolicyStore } from "../policy-store.js";
 
@@ -29,7 +29,12 @@ const clip = (text: string, max: number) => (text.length > max ? `${text.slice(0
  * Sits outside error mapping, so it sees the codes callers see, and inside
  * the access log, whose request id it records.
  */
-export function createAuditInterceptor(deps: { audit: GroupCommitter; policy: PolicyStore }): Interceptor {
+export function createAuditInterceptor(deps: {
+  audit: GroupCommitter;
+  policy: PolicyStore;
+  /** Appends records inside the given transaction (the audit repository's `appendWithin`). */
+  appendWithin: (tx: unknown, records: readonly AuditRecord[]) => Promise<unknown>;
+}): Interceptor {
   return (next) => async (req) => {
     const time = new Date();
     const method = `/${req.service.typeName}/${req.method.name}`;
@@ -51,14 +56,14 @@ export function createAuditInterceptor(deps: { audit: GroupCommitter; policy: Po
       return permission.roles.filter((role) => held.includes(role));
     };
 
-    const record = async (code: Code | 0, message: string) => {
+    const build = (code: Code | 0, message: string): AuditRecord => {
       const decision = req.contextValues.get(kDecision);
       const resources =
         permission?.kind === "role" && !req.stream
           ? permission.resources(req.message as unknown as Record<string, unknown>).filter((name) => name !== "")
           : [];
       const detail = req.contextValues.get(kAuditDetail);
-      const event: AuditRecord = {
+      return {
         time,
         identity: req.contextValues.get(kIdentity)?.name ?? "",
         roles: rolesOf(code, decision),
@@ -71,6 +76,9 @@ export function createAuditInterceptor(deps: { audit: GroupCommitter; policy: Po
         peerAddress: req.contextValues.get(kPeerAddress),
         policyDigest: deps.policy.current().policy.digest,
       };
+    };
+    const record = async (code: Code | 0, message: string) => {
+      const event = build(code, message);
       try {
         await deps.audit.append(event, req.signal);
       } catch (err) {
@@ -80,6 +88,11 @@ export function createAuditInterceptor(deps: { audit: GroupCommitter; policy: Po
         throw err;
       }
     };
+
+    req.contextValues.set(kAuditWithin, async (tx) => {
+      await deps.appendWithin(tx, [build(0, "")]);
+      req.contextValues.set(kAuditWritten, true);
+    });
 
     let res;
     try {

@@ -1,0 +1,253 @@
+/**
+ * The cryptographic operations of CryptoService on cached keys. Which
+ * version serves which operation is decided by state-machine.ts
+ * (`usableFor`); this file finds the version, asks, and runs the primitive.
+ *
+ * Errors: NOT_FOUND for a missing key or named version, FAILED_PRECONDITION
+ * for a key or version not usable, INVALID_ARGUMENT for inputs the
+ * algorithm does not take, and DecryptionError ("decryption failed", the
+ * reason in `cause`) for any ciphertext that does not open.
+ *
+ * @module
+ */
+import { randomBytes } from "node:crypto";
+import { DecryptionError } from "../../crypto/aead.js";
+import { parseCiphertext, type Envelope } from "../../crypto/envelope.js";
+import { SignatureInputError, type SignInput } from "../../crypto/signing.js";
+import { DomainError } from "../errors.js";
+import { keyVersionName, type Key } from "./key.js";
+import type { KeyCache, OpenedVersion } from "./key-cache.js";
+import { findVersion } from "./key-manager.js";
+import type { UsageDelta } from "./repository.js";
+import { usableFor, type KeyOperation } from "./state-machine.js";
+
+/** A key version that served an operation: `keys/{key}/versions/{n}`. */
+export type KeyVersionName = string;
+
+/** Counts successful uses per version; flushed to storage in batches. */
+export interface UsageRecorder {
+  record(keyName: string, version: number, count: number): void;
+  /** What was recorded since the last drain. */
+  drain(): UsageDelta[];
+}
+
+export function createUsageRecorder(now: () => Date = () => new Date()): UsageRecorder {
+  let pending = new Map<string, { keyName: string; version: number; count: number }>();
+  return {
+    record(keyName, version, count) {
+      const id = `${keyName}\u0000${version}`;
+      const entry = pending.get(id);
+      if (entry === undefined) {
+        pending.set(id, { keyName, version, count });
+      } else {
+        entry.count += count;
+      }
+    },
+    drain() {
+      const at = now();
+      const drained = [...pending.values()].map((e) => ({ ...e, lastUsedTime: at }));
+      pending = new Map();
+      return drained;
+    },
+  };
+}
+
+/** One item's outcome in a batch: a value, or the error the unary call would have given. */
+export type ItemResult<T> = { readonly ok: true; readonly value: T; readonly keyVersion: string } | { readonly ok: false; readonly error: Error };
+
+export interface CryptoOperations {
+  encrypt(name: string, version: number | undefined, plaintext: Uint8Array, aad: Uint8Array): Promise<{ ciphertext: Buffer; keyVersion: KeyVersionName }>;
+  decrypt(name: string, ciphertext: Uint8Array, aad: Uint8Array): Promise<{ plaintext: Buffer; keyVersion: KeyVersionName }>;
+  reEncrypt(
+    name: string,
+    ciphertext: Uint8Array,
+    aad: Uint8Array,
+    destination: { name: string; version: number | undefined; aad: Uint8Array },
+  ): Promise<{ ciphertext: Buffer; sourceKeyVersion: KeyVersionName; keyVersion: KeyVersionName }>;
+  generateDataKey(name: string, version: number | undefined, length: number, aad: Uint8Array): Promise<{ plaintext: Buffer; ciphertext: Buffer; keyVersion: KeyVersionName }>;
+  sign(name: string, version: number | undefined, input: SignInput): Promise<{ signature: Buffer; keyVersion: KeyVersionName }>;
+  verify(name: string, version: number | undefined, input: SignInput, signature: Uint8Array): Promise<{ valid: boolean; keyVersion: KeyVersionName }>;
+  mac(name: string, version: number | undefined, data: Uint8Array): Promise<{ mac: Buffer; keyVersion: KeyVersionName }>;
+  verifyMac(name: string, version: number | undefined, data: Uint8Array, mac: Uint8Array): Promise<{ valid: boolean; keyVersion: KeyVersionName }>;
+  batchEncrypt(
+    name: string,
+    version: number | undefined,
+    items: readonly { plaintext: Uint8Array; aad: Uint8Array }[],
+  ): Promise<{ results: ItemResult<Buffer>[]; keyVersion: KeyVersionName }>;
+  batchDecrypt(name: string, items: readonly { ciphertext: Uint8Array; aad: Uint8Array }[]): Promise<ItemResult<Buffer>[]>;
+}
+
+interface Resolved {
+  readonly key: Key;
+  readonly version: number;
+  readonly opened: OpenedVersion;
+  readonly name: KeyVersionName;
+}
+
+export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageRecorder }): CryptoOperations {
+  const { cache, usage } = deps;
+
+  /** The version that serves `operation`: the named one, else the primary. */
+  const resolve = async (name: string, version: number | undefined, operation: KeyOperation): Promise<Resolved> => {
+    const cached = await cache.get(name);
+    const { key } = cached.stored;
+    const n = version ?? key.primaryVersion;
+    const usable = usableFor(key, findVersion(cached.stored, n), operation);
+    if (!usable.ok) {
+      throw usable.error;
+    }
+    return { key, version: n, opened: await cached.open(n), name: keyVersionName(key.name, n) };
+  };
+
+  /**
+   * The version a ciphertext names, checked before any key is touched: a
+   * ciphertext of another key, of a version that never existed, or no
+   * ciphertext at all fails as "decryption failed"; a version that exists
+   * but may not decrypt fails with its precise FAILED_PRECONDITION.
+   */
+  const resolveCiphertext = async (name: string, ciphertext: Uint8Array): Promise<Resolved> => {
+    const cached = await cache.get(name);
+    const header = parseCiphertext(ciphertext);
+    if (header.keyName !== name) {
+      throw new DecryptionError({ cause: new Error(`ciphertext is for another key (${header.keyName.slice(0, 80)})`) });
+    }
+    const { key } = cached.stored;
+    const found = cached.stored.versions.find((v) => v.version === header.keyVersion);
+    if (found === undefined) {
+      throw new DecryptionError({ cause: new Error(`ciphertext names version ${header.keyVersion} of ${name}, which does not exist`) });
+    }
+    const usable = usableFor(key, found, "decrypt");
+    if (!usable.ok) {
+      throw usable.error;
+    }
+    return { key, version: found.version, opened: await cached.open(found.version), name: keyVersionName(name, found.version) };
+  };
+
+  const envelopeOf = (resolved: Resolved): Envelope => {
+    // usableFor has checked the purpose, so an ENCRYPT_DECRYPT key has its envelope.
+    return resolved.opened.envelope!;
+  };
+
+  const used = (resolved: Resolved, count = 1) => usage.record(resolved.key.name, resolved.version, count);
+
+  const signInputError = (err: unknown): never => {
+    if (err instanceof SignatureInputError) {
+      throw new DomainError("invalid-argument", err.message, { cause: err });
+    }
+    throw err;
+  };
+
+  const asItemError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
+
+  return {
+    async encrypt(name, version, plaintext, aad) {
+      const resolved = await resolve(name, version, "encrypt");
+      const ciphertext = envelopeOf(resolved).encrypt(plaintext, aad);
+      used(resolved);
+      return { ciphertext, keyVersion: resolved.name };
+    },
+
+    async decrypt(name, ciphertext, aad) {
+      const resolved = await resolveCiphertext(name, ciphertext);
+      const plaintext = envelopeOf(resolved).decrypt(ciphertext, aad);
+      used(resolved);
+      return { plaintext, keyVersion: resolved.name };
+    },
+
+    async reEncrypt(name, ciphertext, aad, destination) {
+      const source = await resolveCiphertext(name, ciphertext);
+      const target = await resolve(destination.name, destination.version, "encrypt");
+      const plaintext = envelopeOf(source).decrypt(ciphertext, aad);
+      try {
+        const out = envelopeOf(target).encrypt(plaintext, destination.aad);
+        used(source);
+        used(target);
+        return { ciphertext: out, sourceKeyVersion: source.name, keyVersion: target.name };
+      } finally {
+        plaintext.fill(0);
+      }
+    },
+
+    async generateDataKey(name, version, length, aad) {
+      const resolved = await resolve(name, version, "encrypt");
+      const plaintext = randomBytes(length);
+      const ciphertext = envelopeOf(resolved).encrypt(plaintext, aad);
+      used(resolved);
+      return { plaintext, ciphertext, keyVersion: resolved.name };
+    },
+
+    async sign(name, version, input) {
+      const resolved = await resolve(name, version, "sign");
+      if (resolved.opened.loaded.purpose !== "SIGN_VERIFY") throw new TypeError("not a signing key");
+      let signature: Buffer;
+      try {
+        signature = resolved.opened.loaded.signer.sign(input);
+      } catch (err) {
+        return signInputError(err);
+      }
+      used(resolved);
+      return { signature, keyVersion: resolved.name };
+    },
+
+    async verify(name, version, input, signature) {
+      const resolved = await resolve(name, version, "verify");
+      if (resolved.opened.loaded.purpose !== "SIGN_VERIFY") throw new TypeError("not a signing key");
+      let valid: boolean;
+      try {
+        valid = resolved.opened.loaded.verifier.verify(input, signature);
+      } catch (err) {
+        return signInputError(err);
+      }
+      used(resolved);
+      return { valid, keyVersion: resolved.name };
+    },
+
+    async mac(name, version, data) {
+      const resolved = await resolve(name, version, "mac");
+      if (resolved.opened.loaded.purpose !== "MAC") throw new TypeError("not a MAC key");
+      const mac = resolved.opened.loaded.mac.compute(data);
+      used(resolved);
+      return { mac, keyVersion: resolved.name };
+    },
+
+    async verifyMac(name, version, data, mac) {
+      const resolved = await resolve(name, version, "verify-mac");
+      if (resolved.opened.loaded.purpose !== "MAC") throw new TypeError("not a MAC key");
+      const valid = resolved.opened.loaded.mac.verify(data, mac);
+      used(resolved);
+      return { valid, keyVersion: resolved.name };
+    },
+
+    async batchEncrypt(name, version, items) {
+      const resolved = await resolve(name, version, "encrypt");
+      const envelope = envelopeOf(resolved);
+      const results = items.map((item): ItemResult<Buffer> => {
+        try {
+          return { ok: true, value: envelope.encrypt(item.plaintext, item.aad), keyVersion: resolved.name };
+        } catch (err) {
+          return { ok: false, error: asItemError(err) };
+        }
+      });
+      used(resolved, results.filter((r) => r.ok).length);
+      return { results, keyVersion: resolved.name };
+    },
+
+    async batchDecrypt(name, items) {
+      const results: ItemResult<Buffer>[] = [];
+      for (const item of items) {
+        try {
+          const resolved = await resolveCiphertext(name, item.ciphertext);
+          const plaintext = envelopeOf(resolved).decrypt(item.ciphertext, item.aad);
+          used(resolved);
+          results.push({ ok: true, value: plaintext, keyVersion: resolved.name });
+        } catch (err) {
+          if (err instanceof DomainError && err.kind === "not-found") {
+            throw err;
+          }
+          results.push({ ok: false, error: asItemError(err) });
+        }
+      }
+      return results;
+    },
+  };
+}

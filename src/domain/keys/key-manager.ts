@@ -1,0 +1,187 @@
+/**
+ * The key lifecycle, wired to storage: each operation reads the key under a
+ * row lock, applies the pure transition from state-machine.ts and writes the
+ * result with the call's audit event, in one transaction. Refusals come from
+ * the state machine; this file adds only what needs storage (existence,
+ * fresh material).
+ *
+ * @module
+ */
+import type { SecretBytes } from "../../crypto/secret-bytes.js";
+import { DomainError } from "../errors.js";
+import type { Clock } from "./clock.js";
+import { keyVersionName, type Key, type KeyAlgorithm, type KeyVersion } from "./key.js";
+import { mintMaterial } from "./material.js";
+import type { KeyFilter, KeyMutation, KeyRepository, StoredKey, WithinTransaction } from "./repository.js";
+import {
+  cancelDeletion,
+  createKey,
+  destroyDue,
+  disableKey,
+  disableVersion,
+  enableKey,
+  enableVersion,
+  requireUsableFor,
+  rotate,
+  rotationDue,
+  scheduleDeletion,
+  updateKey,
+  type KeyChange,
+  type KeySpec,
+  type KeyUpdate,
+  type KeyVersionChange,
+  type KeyWithVersion,
+} from "./state-machine.js";
+
+export interface KeyManagerDeps {
+  readonly repository: KeyRepository;
+  readonly rootKey: SecretBytes;
+  readonly clock: Clock;
+  /** Shortest pending window ScheduleKeyDeletion accepts, in milliseconds. */
+  readonly minPendingWindowMs: number;
+}
+
+/** What the scheduler did with one due key. */
+export type DueOutcome = "rotated" | "destroyed" | "not-due";
+
+export interface KeyManager {
+  create(spec: KeySpec, within: WithinTransaction): Promise<KeyWithVersion>;
+  /** @throws DomainError "not-found" */
+  get(name: string): Promise<StoredKey>;
+  list(filter: KeyFilter, after: string, limit: number): Promise<Key[]>;
+  /** @throws DomainError "aborted" when `etag` is given and is not the key's current etag. */
+  update(name: string, update: KeyUpdate, etag: string, within: WithinTransaction): Promise<Key>;
+  rotate(name: string, within: WithinTransaction): Promise<KeyWithVersion>;
+  enable(name: string, within: WithinTransaction): Promise<Key>;
+  disable(name: string, within: WithinTransaction): Promise<Key>;
+  scheduleDeletion(name: string, windowMs: number | undefined, within: WithinTransaction): Promise<Key>;
+  cancelDeletion(name: string, within: WithinTransaction): Promise<Key>;
+  enableVersion(name: string, version: number, within: WithinTransaction): Promise<{ key: Key; version: KeyVersion }>;
+  disableVersion(name: string, version: number, within: WithinTransaction): Promise<{ key: Key; version: KeyVersion }>;
+  /** The public key of a SIGN_VERIFY version (the primary when `version` is undefined). */
+  publicKey(name: string, version: number | undefined): Promise<{ pem: string; key: Key; version: number }>;
+  /**
+   * Rotates or destroys one key if it is due now, deciding under the key's
+   * row lock, so replicas racing on the same key do it once. `audit` gives
+   * the hook that records what was done, in the same transaction.
+   */
+  runDue(name: string, audit: (outcome: Exclude<DueOutcome, "not-due">) => WithinTransaction): Promise<DueOutcome>;
+}
+
+const keyChange = (change: KeyChange): KeyMutation<Key> => ({
+  write: change.changed ? { key: change.key } : undefined,
+  result: change.key,
+});
+
+const versionChange = (key: Key, change: KeyVersionChange): KeyMutation<{ key: Key; version: KeyVersion }> => ({
+  write: change.changed ? { versions: [change.version] } : undefined,
+  result: { key, version: change.version },
+});
+
+export function findVersion(stored: StoredKey, version: number): KeyVersion {
+  const found = stored.versions.find((v) => v.version === version);
+  if (found === undefined) {
+    throw new DomainError("not-found", `${keyVersionName(stored.key.name, version)} not found`);
+  }
+  return found;
+}
+
+export function createKeyManager(deps: KeyManagerDeps): KeyManager {
+  const { repository, rootKey, clock } = deps;
+
+  const get = async (name: string): Promise<StoredKey> => {
+    const stored = await repository.get(name);
+    if (stored === undefined) {
+      throw new DomainError("not-found", `${name} not found`);
+    }
+    return stored;
+  };
+
+  /** Rotates with material minted for the version the rotation creates (the row is locked meanwhile). */
+  const rotateLocked = async (current: StoredKey): Promise<KeyMutation<KeyWithVersion>> => {
+    const rotated = rotate(current.key, current.versions, clock.now());
+    const minted = await mintMaterial(rootKey, rotated.key.name, rotated.version.version, rotated.key.algorithm as KeyAlgorithm);
+    return {
+      write: { key: rotated.key, newVersion: { version: rotated.version, ...minted } },
+      result: rotated,
+    };
+  };
+
+  return {
+    async create(spec, within) {
+      const created = createKey(spec, clock.now());
+      const minted = await mintMaterial(rootKey, created.key.name, 1, created.key.algorithm);
+      await repository.create(created.key, { version: created.version, ...minted }, within);
+      return created;
+    },
+
+    get,
+
+    list: (filter, after, limit) => repository.list(filter, after, limit),
+
+    update: (name, update, etag, within) =>
+      repository.mutate(
+        name,
+        (current) => {
+          if (etag !== "" && etag !== current.key.etag) {
+            throw new DomainError("aborted", `the etag of ${name} is no longer "${etag}"; read the key again`);
+          }
+          return keyChange(updateKey(current.key, current.versions, update, clock.now()));
+        },
+        within,
+      ),
+
+    rotate: (name, within) => repository.mutate(name, rotateLocked, within),
+
+    enable: (name, within) => repository.mutate(name, (c) => keyChange(enableKey(c.key, clock.now())), within),
+
+    disable: (name, within) => repository.mutate(name, (c) => keyChange(disableKey(c.key, clock.now())), within),
+
+    scheduleDeletion: (name, windowMs, within) =>
+      repository.mutate(
+        name,
+        (c) => keyChange(scheduleDeletion(c.key, windowMs, deps.minPendingWindowMs, clock.now())),
+        within,
+      ),
+
+    cancelDeletion: (name, within) => repository.mutate(name, (c) => keyChange(cancelDeletion(c.key, clock.now())), within),
+
+    enableVersion: (name, version, within) =>
+      repository.mutate(name, (c) => versionChange(c.key, enableVersion(c.key, findVersion(c, version))), within),
+
+    disableVersion: (name, version, within) =>
+      repository.mutate(name, (c) => versionChange(c.key, disableVersion(c.key, findVersion(c, version))), within),
+
+    async publicKey(name, version) {
+      const stored = await get(name);
+      const n = version ?? stored.key.primaryVersion;
+      requireUsableFor(stored.key, findVersion(stored, n), "get-public-key");
+      const material = await repository.material(name, n);
+      if (material?.publicKeyPem == null) {
+        throw new DomainError("failed-precondition", `${keyVersionName(name, n)} has no public key`);
+      }
+      return { pem: material.publicKeyPem, key: stored.key, version: n };
+    },
+
+    runDue(name, audit) {
+      let done: DueOutcome = "not-due";
+      return repository.mutate(
+        name,
+        async (current): Promise<KeyMutation<DueOutcome>> => {
+          const now = clock.now();
+          if (rotationDue(current.key, now)) {
+            done = "rotated";
+            return { write: (await rotateLocked(current)).write, result: done };
+          }
+          const due = destroyDue(current.key, current.versions, now);
+          if (due.kind === "destroyed") {
+            done = "destroyed";
+            return { write: { key: due.key, versions: due.versions }, result: done };
+          }
+          return { result: done };
+        },
+        (tx) => (done === "not-due" ? Promise.resolve() : audit(done)(tx)),
+      );
+    },
+  };
+}

@@ -1,0 +1,156 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import { KeysService } from "../../gen/keyward/v1/keys_pb.js";
+import { DomainError } from "../domain/errors.js";
+import type { Key } from "../domain/keys/key.js";
+import type { KeyManager } from "../domain/keys/key-manager.js";
+import type { KeyUpdate } from "../domain/keys/state-machine.js";
+import { kAuditWithin, kIdentity } from "../server/context.js";
+import { PERMISSIONS } from "../server/permissions.js";
+import type { PolicyStore } from "../server/policy-store.js";
+import {
+  algorithmFromProto,
+  algorithmToProto,
+  durationToMs,
+  parseKeyFilter,
+  purposeFromProto,
+  splitVersionName,
+  toProtoKey,
+  toProtoKeyVersion,
+} from "./key-convert.js";
+import { decodePageToken, encodePageToken, filterDigest, pageSizeOf } from "./page-token.js";
+
+const LIST_KEYS = PERMISSIONS["keyward.v1.KeysService/ListKeys"]!;
+
+/** KeysService: parses, calls the key manager, formats. Every mutation commits with its audit event. */
+export function createKeysService(deps: { keys: KeyManager; policy: PolicyStore }): ServiceImpl<typeof KeysService> {
+  const { keys } = deps;
+  return {
+    async createKey(request, context) {
+      const spec = request.key!;
+      const created = await keys.create(
+        {
+          keyId: request.keyId,
+          purpose: purposeFromProto(spec.purpose),
+          algorithm: algorithmFromProto(spec.algorithm),
+          rotationPeriodMs: spec.rotationPeriod ? durationToMs(spec.rotationPeriod, "rotation_period") : null,
+          minDecryptionVersion: spec.minDecryptionVersion,
+          description: spec.description,
+          labels: spec.labels,
+        },
+        context.values.get(kAuditWithin),
+      );
+      return { key: toProtoKey(created.key) };
+    },
+
+    async getKey(request) {
+      return { key: toProtoKey((await keys.get(request.name)).key) };
+    },
+
+    async listKeys(request, context) {
+      const filter = parseKeyFilter(request.filter);
+      const digest = filterDigest(["keys", filter]);
+      let after = decodePageToken(request.pageToken, digest);
+      const pageSize = pageSizeOf(request.pageSize);
+      // Only keys the caller is granted are listed: a grant on `keys` lets
+      // the caller list, not see every key.
+      const identity = context.values.get(kIdentity)!.name;
+      const authorizer = deps.policy.current();
+      const roles = LIST_KEYS.kind === "role" ? LIST_KEYS.roles : [];
+      const page: Key[] = [];
+      let more = false;
+      for (;;) {
+        const batch = await keys.list(filter, after, pageSize + 1);
+        for (const key of batch) {
+          if (authorizer.decide(identity, roles, [key.name]).kind !== "allow") continue;
+          if (page.length === pageSize) {
+            more = true;
+            break;
+          }
+          page.push(key);
+        }
+        if (more || batch.length <= pageSize) break;
+        after = batch.at(-1)!.name;
+      }
+      return {
+        keys: page.map(toProtoKey),
+        nextPageToken: more ? encodePageToken(page.at(-1)!.name, digest) : "",
+      };
+    },
+
+    async updateKey(request, context) {
+      const spec = request.key!;
+      const update: { -readonly [K in keyof KeyUpdate]: KeyUpdate[K] } = {};
+      for (const path of request.updateMask!.paths) {
+        if (path === "description") update.description = spec.description;
+        if (path === "labels") update.labels = spec.labels;
+        if (path === "min_decryption_version") update.minDecryptionVersion = spec.minDecryptionVersion;
+        if (path === "rotation_period") {
+          update.rotationPeriodMs = spec.rotationPeriod ? durationToMs(spec.rotationPeriod, "rotation_period") : null;
+        }
+      }
+      const key = await keys.update(spec.name, update, spec.etag, context.values.get(kAuditWithin));
+      return { key: toProtoKey(key) };
+    },
+
+    async rotateKey(request, context) {
+      const rotated = await keys.rotate(request.name, context.values.get(kAuditWithin));
+      return { key: toProtoKey(rotated.key), keyVersion: toProtoKeyVersion(rotated.version, rotated.key.algorithm) };
+    },
+
+    async listKeyVersions(request) {
+      const stored = await keys.get(request.parent);
+      const digest = filterDigest(["versions", request.parent]);
+      const cursor = decodePageToken(request.pageToken, digest);
+      const before = cursor === "" ? Number.POSITIVE_INFINITY : Number(cursor);
+      if (!Number.isSafeInteger(before) && cursor !== "") {
+        throw new DomainError("invalid-argument", "page_token is malformed");
+      }
+      const pageSize = pageSizeOf(request.pageSize);
+      const newestFirst = [...stored.versions].reverse().filter((v) => v.version < before);
+      const page = newestFirst.slice(0, pageSize);
+      return {
+        keyVersions: page.map((v) => toProtoKeyVersion(v, stored.key.algorithm)),
+        nextPageToken: newestFirst.length > pageSize ? encodePageToken(String(page.at(-1)!.version), digest) : "",
+      };
+    },
+
+    async enableKey(request, context) {
+      return { key: toProtoKey(await keys.enable(request.name, context.values.get(kAuditWithin))) };
+    },
+
+    async disableKey(request, context) {
+      return { key: toProtoKey(await keys.disable(request.name, context.values.get(kAuditWithin))) };
+    },
+
+    async scheduleKeyDeletion(request, context) {
+      const windowMs = request.pendingWindow ? durationToMs(request.pendingWindow, "pending_window") : undefined;
+      return { key: toProtoKey(await keys.scheduleDeletion(request.name, windowMs, context.values.get(kAuditWithin))) };
+    },
+
+    async cancelKeyDeletion(request, context) {
+      return { key: toProtoKey(await keys.cancelDeletion(request.name, context.values.get(kAuditWithin))) };
+    },
+
+    async enableKeyVersion(request, context) {
+      const { keyName, version } = splitVersionName(request.name);
+      const changed = await keys.enableVersion(keyName, version!, context.values.get(kAuditWithin));
+      return { keyVersion: toProtoKeyVersion(changed.version, changed.key.algorithm) };
+    },
+
+    async disableKeyVersion(request, context) {
+      const { keyName, version } = splitVersionName(request.name);
+      const changed = await keys.disableVersion(keyName, version!, context.values.get(kAuditWithin));
+      return { keyVersion: toProtoKeyVersion(changed.version, changed.key.algorithm) };
+    },
+
+    async getPublicKey(request) {
+      const { keyName, version } = splitVersionName(request.name);
+      const found = await keys.publicKey(keyName, version);
+      return {
+        pem: found.pem,
+        algorithm: algorithmToProto(found.key.algorithm),
+        keyVersion: `${keyName}/versions/${found.version}`,
+      };
+    },
+  };
+}
