@@ -49,6 +49,10 @@ export interface Config {
     /** How often due rotations and destructions are looked for. */
     readonly schedulerIntervalMs: number;
   };
+  readonly secrets: {
+    /** How often stored values still on older key versions are looked for and re-encrypted. */
+    readonly rewrapIntervalMs: number;
+  };
 }
 
 /** Thrown for a bad environment; names the variable, never echoes its value. */
@@ -81,6 +85,7 @@ export const ENV_VARS = {
   KEYWARD_AUDIT_CHECKPOINT_INTERVAL_MS: "60000",
   KEYWARD_KEY_MIN_PENDING_WINDOW_MS: "86400000",
   KEYWARD_KEY_SCHEDULER_INTERVAL_MS: "30000",
+  KEYWARD_SECRET_REWRAP_INTERVAL_MS: "10000",
 } as const;
 
 /**
@@ -171,6 +176,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     keys: {
       minPendingWindowMs: integer("KEYWARD_KEY_MIN_PENDING_WINDOW_MS", 1000, 31_536_000_000),
       schedulerIntervalMs: integer("KEYWARD_KEY_SCHEDULER_INTERVAL_MS", 100, 86_400_000),
+    },
+    secrets: {
+      rewrapIntervalMs: integer("KEYWARD_SECRET_REWRAP_INTERVAL_MS", 100, 86_400_000),
     },
   };
   return deepFreeze(config);

@@ -25,6 +25,7 @@ import { createCryptoOperations, createUsageRecorder } from "./domain/keys/crypt
 import { createKeyCache } from "./domain/keys/key-cache.js";
 import { createKeyManager } from "./domain/keys/key-manager.js";
 import { createKeyScheduler } from "./domain/keys/scheduler.js";
+import { createSecretManager } from "./domain/secrets/secret-manager.js";
 import { createCheckpointSigner } from "./domain/audit/signer.js";
 import { createAccessLogInterceptor } from "./server/interceptors/access-log.js";
 import { createAuditInterceptor } from "./server/interceptors/audit.js";
@@ -37,11 +38,13 @@ import { createAccessService } from "./services/access-service.js";
 import { createAuditService } from "./services/audit-service.js";
 import { createCryptoService } from "./services/crypto-service.js";
 import { createKeysService } from "./services/keys-service.js";
+import { createSecretsService } from "./services/secrets-service.js";
 import { createHealthService, createHealthStatus } from "./services/health-service.js";
 import { createReflectionService } from "./services/reflection-service.js";
 import { createPgAuditRepository } from "./storage/pg/audit-repository.js";
 import { createPgDeploymentRepository } from "./storage/pg/deployment-repository.js";
 import { createPgKeyChangeFeed, createPgKeyRepository } from "./storage/pg/key-repository.js";
+import { createPgSecretRepository } from "./storage/pg/secret-repository.js";
 import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
 import { migrate } from "./storage/pg/migrate.js";
 import { createPool } from "./storage/pg/pool.js";
@@ -123,7 +126,20 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
 
     const { auditLog, auditReader, checkpointSigner } = await startAudit(config, { databaseUrl, pool, rootKey, log, cleanups });
 
-    const { keys, crypto } = await startKeys(config, { databaseUrl, pool, rootKey, log, cleanups, auditReader, policy });
+    const secretRepository = createPgSecretRepository(pool);
+    const storedValuesBelow = (keyName: string, version: number) => secretRepository.countBelow(keyName, version);
+    const { keys, crypto } = await startKeys(config, {
+      databaseUrl,
+      pool,
+      rootKey,
+      log,
+      cleanups,
+      auditReader,
+      policy,
+      storedValuesBelow,
+    });
+    const secrets = createSecretManager({ repository: secretRepository, keys, crypto, clock: { now: () => new Date() } });
+    startRewrap(config, secrets, log, cleanups);
 
     const health = createHealthStatus(ServingStatus.SERVING);
     const healthProbe = setInterval(() => {
@@ -168,11 +184,9 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
             onReadError: (err) => log.error({ error: (err as Error).message }, "audit log read failed"),
           }),
         );
-        // SecretsService is not served yet: every method answers UNIMPLEMENTED
-        // (after authentication and authorization, which still apply).
-        router.service(KeysService, createKeysService({ keys, policy }));
+        router.service(KeysService, createKeysService({ keys, policy, storedValuesBelow }));
         router.service(CryptoService, createCryptoService({ crypto }));
-        router.service(SecretsService, {});
+        router.service(SecretsService, createSecretsService({ secrets, policy }));
         router.service(Health, createHealthService(health, served.map((s) => s.typeName), draining.signal));
         router.service(ServerReflectionV1, createReflectionService(ServerReflectionV1, served));
         router.service(ServerReflectionV1Alpha, createReflectionService(ServerReflectionV1Alpha, served));
@@ -241,20 +255,46 @@ async function resolveMaterials(config: Config, log: Logger) {
     dev.push("policy");
   }
 
-  let rootKey: SecretBytes;
-  if (config.rootKey === undefined) {
-    const file = join(config.dataDir, "root.key");
-    if (await ensureDevRootKey(file)) {
-      log.warn({ rootKeyFile: file }, "created a DEVELOPMENT root key file; keep it secret, do not use it in production");
-    }
-    rootKey = parseRootKey(await readFile(file));
+  const { rootKey, devFile, created } = await resolveRootKey(config, { createDevKey: true });
+  if (created) {
+    log.warn({ rootKeyFile: devFile }, "created a DEVELOPMENT root key file; keep it secret, do not use it in production");
+  }
+  if (devFile !== undefined) {
     dev.push("root key");
-  } else if ("file" in config.rootKey) {
-    rootKey = parseRootKey(await readFile(config.rootKey.file));
-  } else {
-    rootKey = config.rootKey.key;
   }
   return { tls, policyFile, rootKey, dev };
+}
+
+/** The root key in force and where it came from; see {@link resolveRootKey}. */
+export interface ResolvedRootKey {
+  readonly rootKey: SecretBytes;
+  /** The dev root key file `<data>/root.key` when that is the source; undefined when configured. */
+  readonly devFile: string | undefined;
+  /** True when this call wrote a fresh dev root key file. */
+  readonly created: boolean;
+}
+
+/**
+ * The root key as the server resolves it: KEYWARD_ROOT_KEY_FILE, else
+ * KEYWARD_ROOT_KEY, else the dev root key file `<data>/root.key`. Shared by
+ * the server and the offline tools, so that both always agree on which key
+ * is "current".
+ *
+ * @param options.createDevKey write a fresh dev key file when it is missing
+ *   (the server's first start); tools that must use an existing key pass false.
+ * @throws RootKeyError when the material is malformed; the file system's error
+ *   when the file cannot be read (ENOENT for a missing dev key without createDevKey).
+ */
+export async function resolveRootKey(config: Config, options: { createDevKey: boolean }): Promise<ResolvedRootKey> {
+  if (config.rootKey === undefined) {
+    const file = join(config.dataDir, "root.key");
+    const created = options.createDevKey && (await ensureDevRootKey(file));
+    return { rootKey: parseRootKey(await readFile(file)), devFile: file, created };
+  }
+  if ("file" in config.rootKey) {
+    return { rootKey: parseRootKey(await readFile(config.rootKey.file)), devFile: undefined, created: false };
+  }
+  return { rootKey: config.rootKey.key, devFile: undefined, created: false };
 }
 
 /**
@@ -339,9 +379,10 @@ async function startKeys(
     cleanups: Array<() => Promise<void> | void>;
     auditReader: ReturnType<typeof createPgAuditRepository>;
     policy: ReturnType<typeof createPolicyStore>;
+    storedValuesBelow: (keyName: string, version: number) => Promise<number>;
   },
 ) {
-  const { databaseUrl, pool, rootKey, log, cleanups, auditReader, policy } = deps;
+  const { databaseUrl, pool, rootKey, log, cleanups, auditReader, policy, storedValuesBelow } = deps;
   const clock = { now: () => new Date() };
   const repository = createPgKeyRepository(pool);
   const feed = createPgKeyChangeFeed(databaseUrl, {
@@ -362,7 +403,13 @@ async function startKeys(
     await flushUsage();
   });
 
-  const keys = createKeyManager({ repository, rootKey, clock, minPendingWindowMs: config.keys.minPendingWindowMs });
+  const keys = createKeyManager({
+    repository,
+    rootKey,
+    clock,
+    minPendingWindowMs: config.keys.minPendingWindowMs,
+    storedValuesBelow,
+  });
   const crypto = createCryptoOperations({ cache, usage });
 
   const scheduler = createKeyScheduler({
@@ -391,4 +438,36 @@ async function startKeys(
   scheduler.start(config.keys.schedulerIntervalMs);
   cleanups.push(() => scheduler.stop());
   return { keys, crypto, cache };
+}
+
+/** Stored values re-encrypted per transaction by the rewrap job. */
+const REWRAP_BATCH = 200;
+
+/**
+ * The rewrap job: after a key rotation, re-encrypts stored secret values
+ * with the key's new primary version, in bounded batches. Every replica runs
+ * it; rows another replica holds are skipped, and a crash loses nothing
+ * (the job finds what is left from the data itself).
+ */
+function startRewrap(
+  config: Config,
+  secrets: ReturnType<typeof createSecretManager>,
+  log: Logger,
+  cleanups: Array<() => Promise<void> | void>,
+) {
+  let running: Promise<unknown> | undefined;
+  const timer = setInterval(() => {
+    running ??= secrets
+      .rewrapStale(REWRAP_BATCH)
+      .then((n) => n > 0 && log.info({ secretVersions: n }, "secret versions re-encrypted with their key's primary version"))
+      .catch((err: unknown) => log.warn({ error: (err as Error).message }, "secret rewrap failed; retrying later"))
+      .finally(() => {
+        running = undefined;
+      });
+  }, config.secrets.rewrapIntervalMs);
+  timer.unref();
+  cleanups.push(async () => {
+    clearInterval(timer);
+    await running;
+  });
 }

@@ -22,7 +22,12 @@ import { decodePageToken, encodePageToken, filterDigest, pageSizeOf } from "./pa
 const LIST_KEYS = PERMISSIONS["keyward.v1.KeysService/ListKeys"]!;
 
 /** KeysService: parses, calls the key manager, formats. Every mutation commits with its audit event. */
-export function createKeysService(deps: { keys: KeyManager; policy: PolicyStore }): ServiceImpl<typeof KeysService> {
+export function createKeysService(deps: {
+  keys: KeyManager;
+  policy: PolicyStore;
+  /** Stored secret versions of a key encrypted with versions below the given one (rewrap progress). */
+  storedValuesBelow?: (keyName: string, version: number) => Promise<number>;
+}): ServiceImpl<typeof KeysService> {
   const { keys } = deps;
   return {
     async createKey(request, context) {
@@ -43,7 +48,9 @@ export function createKeysService(deps: { keys: KeyManager; policy: PolicyStore 
     },
 
     async getKey(request) {
-      return { key: toProtoKey((await keys.get(request.name)).key) };
+      const { key } = await keys.get(request.name);
+      const waiting = deps.storedValuesBelow ? await deps.storedValuesBelow(key.name, key.primaryVersion) : 0;
+      return { key: { ...toProtoKey(key), secretVersionsToRewrap: BigInt(waiting) } };
     },
 
     async listKeys(request, context) {

@@ -18,7 +18,7 @@ import { startTestKeyward, type ClientCredentials, type TestKeyward } from "../h
  * What the audit log says about calls, read straight from audit_events with
  * SQL (not through AuditService): no value a caller sends ever lands in it,
  * in a log line or in any column of the schema; and each refused, invalid,
- * unauthenticated or unimplemented call leaves exactly one event saying who,
+ * unauthenticated or failed call leaves exactly one event saying who,
  * what, on which resource, with which outcome.
  */
 
@@ -220,7 +220,7 @@ describe("the audit log holds no values", () => {
         });
         for (const data of [markers.secretValue, markers.rawSecret]) {
           calls.push({
-            expected: who === "service" ? Code.Unimplemented : Code.PermissionDenied,
+            expected: who === "service" ? Code.NotFound : Code.PermissionDenied,
             requestId: "",
             run: (o) => secrets.addSecretVersion({ parent: "secrets/shop/prod/db", payload: { data } }, o),
           });
@@ -276,7 +276,7 @@ describe("the audit log holds no values", () => {
   });
 });
 
-describe("refused, invalid, unauthenticated and unimplemented calls show in the audit log", () => {
+describe("refused, invalid, unauthenticated and failed calls show in the audit log", () => {
   interface Case {
     readonly name: string;
     readonly who: string;
@@ -382,7 +382,7 @@ describe("refused, invalid, unauthenticated and unimplemented calls show in the 
       },
     },
     {
-      name: "unimplemented (authorized): UNIMPLEMENTED with the role it was authorized under",
+      name: "authorized, failing in the handler: NOT_FOUND with the role it was authorized under",
       who: "service",
       call: request(SecretsService, "service", "addSecretVersion", {
         parent: "secrets/shop/prod/db",
@@ -393,8 +393,8 @@ describe("refused, invalid, unauthenticated and unimplemented calls show in the 
         identity: SERVICE_ID,
         roles: ["SERVICE"],
         resources: ["secrets/shop/prod/db"],
-        result_code: Code.Unimplemented,
-        result_message: /implement/i,
+        result_code: Code.NotFound,
+        result_message: /^secrets\/shop\/prod\/db not found$/,
       },
     },
     {

@@ -39,6 +39,12 @@ export interface KeyManagerDeps {
   readonly clock: Clock;
   /** Shortest pending window ScheduleKeyDeletion accepts, in milliseconds. */
   readonly minPendingWindowMs: number;
+  /**
+   * How many stored values (secret versions) of a key were encrypted with a
+   * version below the given one: min_decryption_version may not rise above
+   * what they still need.
+   */
+  readonly storedValuesBelow?: (keyName: string, version: number) => Promise<number>;
 }
 
 /** What the scheduler did with one due key. */
@@ -122,11 +128,22 @@ export function createKeyManager(deps: KeyManagerDeps): KeyManager {
     update: (name, update, etag, within) =>
       repository.mutate(
         name,
-        (current) => {
+        async (current) => {
           if (etag !== "" && etag !== current.key.etag) {
             throw new DomainError("aborted", `the etag of ${name} is no longer "${etag}"; read the key again`);
           }
-          return keyChange(updateKey(current.key, current.versions, update, clock.now()));
+          const change = updateKey(current.key, current.versions, update, clock.now());
+          const raisedTo = change.key.minDecryptionVersion;
+          if (raisedTo > current.key.minDecryptionVersion && deps.storedValuesBelow !== undefined) {
+            const waiting = await deps.storedValuesBelow(name, raisedTo);
+            if (waiting > 0) {
+              throw new DomainError(
+                "failed-precondition",
+                `cannot raise min_decryption_version of ${name} to ${raisedTo}: ${waiting} stored secret versions are still encrypted with older versions; wait for the rewrap (secret_versions_to_rewrap) to reach 0`,
+              );
+            }
+          }
+          return keyChange(change);
         },
         within,
       ),

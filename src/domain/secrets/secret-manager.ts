@@ -1,0 +1,385 @@
+/**
+ * Secrets, wired to storage and to the keys that encrypt them. Every change
+ * locks the secret's row, applies the rules of secret.ts, and writes the
+ * result with the call's audit event in one transaction; values are
+ * encrypted and decrypted with the crypto operations of the secret's key,
+ * bound to the secret's uid, name and version.
+ *
+ * @module
+ */
+import { createHash, randomUUID } from "node:crypto";
+import { DecryptionError } from "../../crypto/aead.js";
+import { DomainError } from "../errors.js";
+import type { Clock } from "../keys/clock.js";
+import type { CryptoOperations } from "../keys/crypto-operations.js";
+import type { KeyManager } from "../keys/key-manager.js";
+import type { WithinTransaction } from "../keys/repository.js";
+import { generateValue, type GenerateSpec } from "./generate.js";
+import type { LockedSecret, SecretFilter, SecretRepository, SecretWrite, StoredValue } from "./repository.js";
+import {
+  checkExpectedVersion,
+  DEFAULT_MAX_VERSIONS,
+  moveSecretVersion,
+  requireReadable,
+  secretNameParts,
+  secretVersionName,
+  valueBinding,
+  versionsToPrune,
+  type Secret,
+  type SecretType,
+  type SecretVersion,
+  type SecretVersionAction,
+  type SecretVersionOrigin,
+} from "./secret.js";
+import { checkValue } from "./value-check.js";
+
+export interface SecretSpec {
+  readonly name: string;
+  readonly type: SecretType;
+  readonly description: string;
+  readonly labels: Readonly<Record<string, string>>;
+  /** Empty: the project/environment's default key, created on first use. */
+  readonly keyName: string;
+  /** 0: {@link DEFAULT_MAX_VERSIONS}. */
+  readonly maxVersions: number;
+}
+
+export interface SecretUpdate {
+  readonly description?: string;
+  readonly labels?: Readonly<Record<string, string>>;
+  readonly maxVersions?: number;
+}
+
+export interface NewValue {
+  readonly data: Uint8Array;
+  readonly clientSpecifiedCrc32c: boolean;
+}
+
+/** The types GenerateSecret may write: their values are random text. */
+const GENERATABLE: readonly SecretType[] = ["OPAQUE", "PASSWORD", "API_KEY"];
+
+/**
+ * The default key of a project and environment: `keys/secrets-` and a
+ * digest of both (names of keys cannot hold every character project names
+ * can, and a digest cannot collide across pairs that would print alike).
+ */
+export function defaultKeyName(project: string, environment: string): string {
+  const digest = createHash("sha256").update(`${project}\u0000${environment}`).digest("hex").slice(0, 20);
+  return `keys/secrets-${digest}`;
+}
+
+export interface SecretManager {
+  create(spec: SecretSpec, caller: string, within: WithinTransaction): Promise<Secret>;
+  /** @throws DomainError "not-found" */
+  get(name: string): Promise<Secret>;
+  list(prefix: string, filter: SecretFilter, after: string, limit: number): Promise<Secret[]>;
+  listVersions(name: string, before: number, limit: number): Promise<SecretVersion[]>;
+  update(name: string, update: SecretUpdate, etag: string, caller: string, within: WithinTransaction): Promise<Secret>;
+  delete(name: string, etag: string, within: WithinTransaction): Promise<void>;
+  addVersion(name: string, value: NewValue, expected: number | undefined, caller: string, within: WithinTransaction): Promise<SecretVersion>;
+  generate(
+    name: string,
+    spec: GenerateSpec,
+    expected: number | undefined,
+    caller: string,
+    within: WithinTransaction,
+  ): Promise<{ version: SecretVersion; value: Buffer }>;
+  rollback(name: string, from: number, expected: number | undefined, caller: string, within: WithinTransaction): Promise<SecretVersion>;
+  access(name: string, version: number | "latest"): Promise<{ version: SecretVersion; value: Buffer }>;
+  moveVersion(name: string, version: number, action: SecretVersionAction, within: WithinTransaction): Promise<SecretVersion>;
+  /** Re-encrypts stored values made with older key versions, in batches; returns how many. */
+  rewrapStale(batch: number): Promise<number>;
+  /** Stored values of `keyName` still made with a version below `version`. */
+  countBelow(keyName: string, version: number): Promise<number>;
+}
+
+export function createSecretManager(deps: {
+  repository: SecretRepository;
+  keys: KeyManager;
+  crypto: CryptoOperations;
+  clock: Clock;
+}): SecretManager {
+  const { repository, keys, crypto, clock } = deps;
+
+  const get = async (name: string): Promise<Secret> => {
+    const secret = await repository.get(name);
+    if (secret === undefined) {
+      throw new DomainError("not-found", `${name} not found`);
+    }
+    return secret;
+  };
+
+  const encrypt = async (secret: Secret, version: number, data: Uint8Array): Promise<StoredValue> => {
+    const out = await crypto.encrypt(secret.keyName, undefined, data, valueBinding(secret, version));
+    return { ciphertext: out.ciphertext, keyVersion: Number(out.keyVersion.slice(out.keyVersion.lastIndexOf("/") + 1)) };
+  };
+
+  const decrypt = async (secret: Pick<Secret, "name" | "uid" | "keyName">, version: number, value: StoredValue): Promise<Buffer> => {
+    try {
+      return (await crypto.decrypt(secret.keyName, value.ciphertext, valueBinding(secret, version))).plaintext;
+    } catch (err) {
+      if (err instanceof DecryptionError) {
+        // A stored value that does not open was altered, or moved from another row.
+        throw new DomainError(
+          "data-loss",
+          `the stored value of ${secretVersionName(secret.name, version)} does not decrypt: it was altered or moved`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+  };
+
+  /** The key a new secret uses: the one named (ENABLED, ENCRYPT_DECRYPT) or the default, created on first use. */
+  const keyFor = async (spec: SecretSpec): Promise<string> => {
+    let name = spec.keyName;
+    if (name === "") {
+      const { project, environment } = secretNameParts(spec.name);
+      name = defaultKeyName(project, environment);
+      const exists = await keys.get(name).then(
+        () => true,
+        (err: unknown) => (err instanceof DomainError && err.kind === "not-found" ? false : Promise.reject(err)),
+      );
+      if (!exists) {
+        await keys
+          .create(
+            {
+              keyId: name.slice("keys/".length),
+              purpose: "ENCRYPT_DECRYPT",
+              algorithm: "AES_256_GCM",
+              description: `default key of secrets/${project}/${environment}`.slice(0, 256),
+              labels: { "keyward-use": "secrets" },
+            },
+            // Part of the CreateSecret call, whose event records it.
+            async () => {},
+          )
+          .catch((err: unknown) => (err instanceof DomainError && err.kind === "already-exists" ? undefined : Promise.reject(err)));
+      }
+    }
+    const { key } = await keys.get(name);
+    if (key.purpose !== "ENCRYPT_DECRYPT") {
+      throw new DomainError("failed-precondition", `${name} has purpose ${key.purpose}, not ENCRYPT_DECRYPT`);
+    }
+    if (key.state !== "ENABLED") {
+      throw new DomainError("failed-precondition", `key ${name} is ${key.state}`);
+    }
+    return name;
+  };
+
+  /** Adds a version under the lock: check-and-set, encrypt bound to the new number, prune beyond max_versions. */
+  const addLocked = async (
+    locked: LockedSecret,
+    data: Uint8Array,
+    expected: number | undefined,
+    meta: { caller: string; origin: SecretVersionOrigin; sourceVersion: number; clientSpecifiedCrc32c: boolean },
+  ): Promise<{ write: SecretWrite; result: SecretVersion }> => {
+    const { secret } = locked;
+    checkExpectedVersion(secret, expected);
+    const now = clock.now();
+    const number = secret.currentVersion + 1;
+    const value = await encrypt(secret, number, data);
+    const version: SecretVersion = Object.freeze({
+      secretName: secret.name,
+      version: number,
+      state: "ENABLED",
+      createTime: now,
+      creator: meta.caller,
+      destroyTime: null,
+      clientSpecifiedDataCrc32c: meta.clientSpecifiedCrc32c,
+      origin: meta.origin,
+      sourceVersion: meta.sourceVersion,
+    });
+    const pruned = versionsToPrune(secret.maxVersions, locked.live.map((v) => v.version));
+    return {
+      write: {
+        secret: { ...secret, currentVersion: number, updateTime: now, updater: meta.caller, etag: String(Number(secret.etag) + 1) },
+        newVersion: { version, value, keyName: secret.keyName },
+        versions: locked.live
+          .filter((v) => pruned.includes(v.version))
+          .map((v) => ({ ...v, state: "DESTROYED" as const, destroyTime: now })),
+      },
+      result: version,
+    };
+  };
+
+  const checkEtag = (secret: Secret, etag: string) => {
+    if (etag !== "" && etag !== secret.etag) {
+      throw new DomainError("aborted", `the etag of ${secret.name} is no longer "${etag}"; read the secret again`);
+    }
+  };
+
+  const versionOf = async (locked: LockedSecret, version: number): Promise<SecretVersion> => {
+    const found = await locked.version(version);
+    if (found === undefined) {
+      throw new DomainError("not-found", `${secretVersionName(locked.secret.name, version)} not found`);
+    }
+    return found;
+  };
+
+  return {
+    async create(spec, caller, within) {
+      const keyName = await keyFor(spec);
+      const now = clock.now();
+      const secret: Secret = Object.freeze({
+        name: spec.name,
+        uid: randomUUID(),
+        type: spec.type,
+        description: spec.description,
+        labels: Object.freeze({ ...spec.labels }),
+        keyName,
+        maxVersions: spec.maxVersions === 0 ? DEFAULT_MAX_VERSIONS : spec.maxVersions,
+        currentVersion: 0,
+        createTime: now,
+        updateTime: now,
+        creator: caller,
+        updater: caller,
+        etag: "1",
+      });
+      await repository.create(secret, within);
+      return secret;
+    },
+
+    get,
+
+    list: (prefix, filter, after, limit) => repository.list(prefix, filter, after, limit),
+
+    async listVersions(name, before, limit) {
+      await get(name);
+      return repository.listVersions(name, before, limit);
+    },
+
+    update: (name, update, etag, caller, within) =>
+      repository.mutate(
+        name,
+        async ({ secret }) => {
+          checkEtag(secret, etag);
+          const next: Secret = {
+            ...secret,
+            description: update.description ?? secret.description,
+            labels: update.labels ?? secret.labels,
+            maxVersions: update.maxVersions === undefined ? secret.maxVersions : update.maxVersions || DEFAULT_MAX_VERSIONS,
+            updateTime: clock.now(),
+            updater: caller,
+            etag: String(Number(secret.etag) + 1),
+          };
+          return { write: { secret: next }, result: next };
+        },
+        within,
+      ),
+
+    delete: (name, etag, within) =>
+      repository.mutate(
+        name,
+        async ({ secret }) => {
+          checkEtag(secret, etag);
+          return { write: { remove: true }, result: undefined };
+        },
+        within,
+      ),
+
+    addVersion(name, value, expected, caller, within) {
+      return repository.mutate(
+        name,
+        async (locked) => {
+          checkValue(locked.secret.type, value.data);
+          return addLocked(locked, value.data, expected, {
+            caller,
+            origin: "ADDED",
+            sourceVersion: 0,
+            clientSpecifiedCrc32c: value.clientSpecifiedCrc32c,
+          });
+        },
+        within,
+      );
+    },
+
+    async generate(name, spec, expected, caller, within) {
+      let value: Buffer | undefined;
+      const version = await repository.mutate(
+        name,
+        async (locked) => {
+          if (!GENERATABLE.includes(locked.secret.type)) {
+            throw new DomainError(
+              "failed-precondition",
+              `${name} has type ${locked.secret.type}; only OPAQUE, PASSWORD and API_KEY secrets can be generated`,
+            );
+          }
+          value = generateValue(spec);
+          checkValue(locked.secret.type, value);
+          return addLocked(locked, value, expected, { caller, origin: "GENERATED", sourceVersion: 0, clientSpecifiedCrc32c: false });
+        },
+        within,
+      );
+      return { version, value: value! };
+    },
+
+    rollback(name, from, expected, caller, within) {
+      return repository.mutate(
+        name,
+        async (locked) => {
+          const source = await versionOf(locked, from);
+          requireReadable(source, "rollback");
+          const stored = await locked.value(from);
+          const data = await decrypt(locked.secret, from, stored!);
+          try {
+            return await addLocked(locked, data, expected, { caller, origin: "ROLLBACK", sourceVersion: from, clientSpecifiedCrc32c: false });
+          } finally {
+            data.fill(0);
+          }
+        },
+        within,
+      );
+    },
+
+    async access(name, version) {
+      const found = await repository.read(name, version);
+      if (found === undefined) {
+        await get(name);
+        throw new DomainError(
+          "not-found",
+          version === "latest" ? `${name} has no ENABLED version` : `${secretVersionName(name, version)} not found`,
+        );
+      }
+      requireReadable(found.version, "access");
+      return { version: found.version, value: await decrypt(found.secret, found.version.version, found.value!) };
+    },
+
+    moveVersion: (name, version, action, within) =>
+      repository.mutate(
+        name,
+        async (locked) => {
+          const current = await versionOf(locked, version);
+          const state = moveSecretVersion(current, action);
+          if (state === null) {
+            return { result: current };
+          }
+          const moved: SecretVersion = { ...current, state, destroyTime: state === "DESTROYED" ? clock.now() : current.destroyTime };
+          return { write: { versions: [moved] }, result: moved };
+        },
+        within,
+      ),
+
+    async rewrapStale(batch) {
+      let done = 0;
+      for (const keyName of await repository.keysToRewrap()) {
+        const { key } = await keys.get(keyName);
+        for (;;) {
+          const n = await repository.rewrap(keyName, key.primaryVersion, batch, async (stale) => {
+            const secret = { ...stale.secret, keyName };
+            const data = await decrypt(secret, stale.version, stale.value);
+            try {
+              return await encrypt({ ...secret } as Secret, stale.version, data);
+            } finally {
+              data.fill(0);
+            }
+          });
+          done += n;
+          if (n < batch) break;
+        }
+      }
+      return done;
+    },
+
+    countBelow: (keyName, version) => repository.countBelow(keyName, version),
+  };
+}
