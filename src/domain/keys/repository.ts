@@ -87,8 +87,6 @@ export interface KeyRepository {
   due(now: Date, limit: number): Promise<string[]>;
   /** Adds uses to the versions' counters. */
   recordUsage(deltas: readonly UsageDelta[]): Promise<void>;
-  /** Every version that still has material, for a root key rotation: re-wraps each in one transaction. */
-  rewrapAll(rewrap: (keyName: string, version: number, algorithm: string, wrapped: Buffer) => Buffer): Promise<number>;
 }
 
 /** Tells this process when a key changed anywhere, so cached state can be dropped. */

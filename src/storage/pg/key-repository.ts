@@ -241,26 +241,6 @@ export function createPgKeyRepository(pool: pg.Pool): KeyRepository {
         ],
       );
     },
-
-    async rewrapAll(rewrap) {
-      return withTransaction(pool, async (client) => {
-        const { rows } = await client.query<{ key_name: string; version: number; algorithm: string; wrapped_material: Buffer }>(
-          `SELECT v.key_name, v.version, k.algorithm, v.wrapped_material
-             FROM key_versions v JOIN keys k ON k.name = v.key_name
-            WHERE v.wrapped_material IS NOT NULL
-            ORDER BY v.key_name, v.version
-            FOR UPDATE OF v`,
-        );
-        for (const row of rows) {
-          await client.query("UPDATE key_versions SET wrapped_material = $3 WHERE key_name = $1 AND version = $2", [
-            row.key_name,
-            row.version,
-            rewrap(row.key_name, row.version, row.algorithm, row.wrapped_material),
-          ]);
-        }
-        return rows.length;
-      });
-    },
   };
 }
 

@@ -38,7 +38,10 @@ describe("audit repository", () => {
     await expect(db.pool.query("DELETE FROM audit_events")).rejects.toThrow(/append-only/);
     await expect(db.pool.query("TRUNCATE audit_events")).rejects.toThrow(/append-only/);
     await expect(db.pool.query("DELETE FROM audit_checkpoints")).rejects.toThrow(/audit_checkpoints is append-only/);
+    // Signing keys are checked row by row (a root key rotation may re-wrap the private key and nothing else).
+    await repo.saveSigningKey({ keyId: "k", algorithm: "ED25519", publicKeyPem: "pem", wrappedPrivateKey: Buffer.alloc(8) });
     await expect(db.pool.query("UPDATE audit_signing_keys SET algorithm = 'x'")).rejects.toThrow(/audit_signing_keys is append-only/);
+    await expect(db.pool.query("DELETE FROM audit_signing_keys")).rejects.toThrow(/audit_signing_keys is append-only/);
     // Whole milliseconds only: the chain hashes milliseconds.
     await expect(
       db.pool.query(
