@@ -385,7 +385,8 @@ async function startKeys(
   const { databaseUrl, pool, rootKey, log, cleanups, auditReader, policy, storedValuesBelow } = deps;
   const clock = { now: () => new Date() };
   const repository = createPgKeyRepository(pool);
-  const feed = createPgKeyChangeFeed(databaseUrl, {
+  const { rows } = await pool.query<{ schema: string }>("SELECT current_schema() AS schema");
+  const feed = createPgKeyChangeFeed(databaseUrl, rows[0]!.schema, {
     onError: (err) => log.warn({ error: err.message }, "key change feed lost; serving keys uncached until it is back"),
   });
   cleanups.push(() => feed.close());

@@ -21,10 +21,12 @@
 // Authorization is decided before anything is looked up: PERMISSION_DENIED says
 // nothing about whether a resource exists. Besides the codes listed on each RPC,
 // every RPC can return UNAUTHENTICATED (no verified client identity), INTERNAL
-// (unexpected failure, details only in the server's logs), and the client-side
-// DEADLINE_EXCEEDED and CANCELED. UNAVAILABLE means the call was not carried out
-// (typically the database or the audit log could not be written) and may be
-// retried with backoff.
+// (unexpected failure, details only in the server's logs), DATA_LOSS (stored key
+// material or a stored secret value was altered or moved in the database and no
+// longer opens: Keyward refuses to use it rather than use the wrong key), and the
+// client-side DEADLINE_EXCEEDED and CANCELED. UNAVAILABLE means the call was not
+// carried out (typically the database or the audit log could not be written) and
+// may be retried with backoff.
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";

@@ -1395,8 +1395,9 @@ export const SecretsService: GenService<{
    * Returns: OK; INVALID_ARGUMENT when name is malformed; NOT_FOUND when the
    * secret or version does not exist, or for `latest` when no version is
    * ENABLED; FAILED_PRECONDITION when the version is DISABLED or DESTROYED, or
-   * the secret's key is not usable for decryption; PERMISSION_DENIED;
-   * UNAVAILABLE.
+   * the secret's key is not usable for decryption; DATA_LOSS when the stored
+   * value does not decrypt (it was altered, or moved from another row);
+   * PERMISSION_DENIED; UNAVAILABLE.
    *
    * @generated from rpc keyward.v1.SecretsService.AccessSecretVersion
    */

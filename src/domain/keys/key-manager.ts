@@ -11,7 +11,7 @@ import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { DomainError } from "../errors.js";
 import type { Clock } from "./clock.js";
 import { keyVersionName, type Key, type KeyAlgorithm, type KeyVersion } from "./key.js";
-import { mintMaterial } from "./material.js";
+import { mintMaterial, openMaterial } from "./material.js";
 import type { KeyFilter, KeyMutation, KeyRepository, StoredKey, WithinTransaction } from "./repository.js";
 import {
   cancelDeletion,
@@ -174,8 +174,24 @@ export function createKeyManager(deps: KeyManagerDeps): KeyManager {
       const n = version ?? stored.key.primaryVersion;
       requireUsableFor(stored.key, findVersion(stored, n), "get-public-key");
       const material = await repository.material(name, n);
-      if (material?.publicKeyPem == null) {
+      if (material?.publicKeyPem == null || material.wrapped == null) {
         throw new DomainError("failed-precondition", `${keyVersionName(name, n)} has no public key`);
+      }
+      // The public key column is not covered by the material's binding: a
+      // key written over it in the database would make verifiers outside
+      // Keyward trust someone else's signatures. Serve it only when it is
+      // the public half of the version's (authenticated) private key.
+      let derived: string | undefined;
+      try {
+        const loaded = openMaterial(rootKey, name, n, stored.key.algorithm as KeyAlgorithm, material.wrapped);
+        derived = loaded.purpose === "SIGN_VERIFY" ? loaded.publicKeyPem : undefined;
+      } catch (err) {
+        throw new DomainError("data-loss", `the stored material of version ${n} of ${name} does not open: it was altered or moved`, {
+          cause: err,
+        });
+      }
+      if (derived !== material.publicKeyPem) {
+        throw new DomainError("data-loss", `the stored public key of version ${n} of ${name} does not match its private key: it was altered`);
       }
       return { pem: material.publicKeyPem, key: stored.key, version: n };
     },

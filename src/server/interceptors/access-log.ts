@@ -34,7 +34,8 @@ export function createAccessLogInterceptor(log: Logger): Interceptor {
       if (failure === undefined) {
         log.info(entry, "call");
       } else {
-        const level = failure.code === Code.Internal || failure.code === Code.Unknown ? "error" : "info";
+        // DATA_LOSS means stored data was altered or moved: someone must look.
+        const level = failure.code === Code.Internal || failure.code === Code.Unknown || failure.code === Code.DataLoss ? "error" : "info";
         log[level]({ ...entry, error: failure.rawMessage }, "call failed");
       }
     };

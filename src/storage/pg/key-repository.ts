@@ -147,8 +147,10 @@ async function applyWrite(client: pg.ClientBase, write: KeyWrite): Promise<void>
 }
 
 export function createPgKeyRepository(pool: pg.Pool): KeyRepository {
+  // The payload names the schema too: deployments (or tests) sharing a
+  // database hear each other's notices and must ignore them.
   const notify = (client: pg.ClientBase, name: string) =>
-    client.query("SELECT pg_notify($1, $2)", [KEY_CHANGES_CHANNEL, name]);
+    client.query("SELECT pg_notify($1, current_schema() || ' ' || $2)", [KEY_CHANGES_CHANNEL, name]);
 
   return {
     get: (name) => readKey(pool, name, false),
@@ -245,14 +247,17 @@ export function createPgKeyRepository(pool: pg.Pool): KeyRepository {
 }
 
 /**
- * Listens for key changes on a connection of its own, reconnecting with
+ * Listens for key changes in `schema` (as `current_schema()` names it on
+ * the pool's connections) on a connection of its own, reconnecting with
  * backoff. While the connection is down `live` is false and listeners were
  * told (with `undefined`) that changes may have been missed.
  */
 export function createPgKeyChangeFeed(
   connectionString: string,
+  schema: string,
   options: { onError?: (err: Error) => void } = {},
 ): KeyChangeFeed & { ready: Promise<void> } {
+  const prefix = `${schema} `;
   const listeners: Array<(name: string | undefined) => void> = [];
   let live = false;
   let closed = false;
@@ -285,8 +290,10 @@ export function createPgKeyChangeFeed(
     c.on("error", (err) => lost(err));
     c.on("end", () => client === c && lost());
     c.on("notification", (message) => {
-      if (message.channel === KEY_CHANGES_CHANNEL && message.payload) {
-        listeners.forEach((l) => l(message.payload));
+      const payload = message.payload ?? "";
+      if (message.channel === KEY_CHANGES_CHANNEL && payload.startsWith(prefix)) {
+        const name = payload.slice(prefix.length);
+        listeners.forEach((l) => l(name));
       }
     });
     c.connect()
