@@ -410,6 +410,8 @@ async function startKeys(
     clock,
     minPendingWindowMs: config.keys.minPendingWindowMs,
     storedValuesBelow,
+    // This replica sees its own changes at once; the others on the notice.
+    onChanged: (name) => cache.invalidate(name),
   });
   const crypto = createCryptoOperations({ cache, usage });
 
@@ -431,10 +433,10 @@ async function startKeys(
         peerAddress: "",
         policyDigest: policy.current().policy.digest,
       };
-      log.info({ key: name, outcome }, outcome === "rotated" ? "key rotated automatically" : "key destroyed as scheduled");
+      log.info({ keyName: name, outcome }, outcome === "rotated" ? "key rotated automatically" : "key destroyed as scheduled");
       return auditReader.appendWithin(tx as pg.ClientBase, [record]).then(() => {});
     },
-    onError: (err, name) => log.warn({ key: name, error: (err as Error).message }, "key scheduler run failed"),
+    onError: (err, name) => log.warn({ keyName: name, error: (err as Error).message }, "key scheduler run failed"),
   });
   scheduler.start(config.keys.schedulerIntervalMs);
   cleanups.push(() => scheduler.stop());

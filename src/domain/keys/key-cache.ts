@@ -33,6 +33,8 @@ export interface CachedKey {
 export interface KeyCache {
   /** @throws DomainError "not-found" when the key does not exist. */
   get(name: string): Promise<CachedKey>;
+  /** Drops what is cached of `name` (after a change this process made). */
+  invalidate(name: string): void;
   readonly size: number;
   /** Hits and misses since start (metadata lookups). */
   readonly stats: { hits: number; misses: number };
@@ -54,14 +56,15 @@ export function createKeyCache(deps: KeyCacheDeps): KeyCache {
   let epoch = 0;
   const stats = { hits: 0, misses: 0 };
 
-  feed.subscribe((name) => {
+  const invalidate = (name: string | undefined) => {
     epoch++;
     if (name === undefined) {
       entries.clear();
     } else {
       entries.delete(name);
     }
-  });
+  };
+  feed.subscribe(invalidate);
 
   const build = (stored: StoredKey): CachedKey => {
     const opened = new Map<number, Promise<OpenedVersion>>();
@@ -137,6 +140,7 @@ export function createKeyCache(deps: KeyCacheDeps): KeyCache {
       );
       return loading;
     },
+    invalidate,
     get size() {
       return entries.size;
     },

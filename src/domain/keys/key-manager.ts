@@ -45,6 +45,8 @@ export interface KeyManagerDeps {
    * what they still need.
    */
   readonly storedValuesBelow?: (keyName: string, version: number) => Promise<number>;
+  /** Called after every change to a key has committed (or failed), so caches of it can be dropped. */
+  readonly onChanged?: (keyName: string) => void;
 }
 
 /** What the scheduler did with one due key. */
@@ -93,7 +95,17 @@ export function findVersion(stored: StoredKey, version: number): KeyVersion {
 }
 
 export function createKeyManager(deps: KeyManagerDeps): KeyManager {
-  const { repository, rootKey, clock } = deps;
+  const { rootKey, clock } = deps;
+  const repository: KeyRepository = {
+    ...deps.repository,
+    async mutate(name, decide, within) {
+      try {
+        return await deps.repository.mutate(name, decide, within);
+      } finally {
+        deps.onChanged?.(name);
+      }
+    },
+  };
 
   const get = async (name: string): Promise<StoredKey> => {
     const stored = await repository.get(name);
