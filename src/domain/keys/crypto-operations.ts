@@ -18,8 +18,8 @@ import { DomainError } from "../errors.js";
 import { keyVersionName, type Key } from "./key.js";
 import type { KeyCache, OpenedVersion } from "./key-cache.js";
 import { findVersion } from "./key-manager.js";
-import type { UsageDelta } from "./repository.js";
-import { usableFor, type KeyOperation } from "./state-machine.js";
+import type { StoredKey, UsageDelta } from "./repository.js";
+import { KEY_OPERATIONS, usableFor, type KeyOperation } from "./state-machine.js";
 
 /** A key version that served an operation: `keys/{key}/versions/{n}`. */
 export type KeyVersionName = string;
@@ -100,13 +100,36 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
   };
 
   /**
-   * The version a ciphertext names, checked before any key is touched: a
-   * ciphertext of another key, of a version that never existed, or no
-   * ciphertext at all fails as "decryption failed"; a version that exists
-   * but may not decrypt fails with its precise FAILED_PRECONDITION.
+   * The checks of `operation` that concern the named key itself, its purpose
+   * and its state, whatever version or ciphertext comes with the call. They
+   * come before the ciphertext is read: no ciphertext can ever be decrypted
+   * with a MAC key or a DISABLED key, the caller can see both with GetKey,
+   * so answering FAILED_PRECONDITION (as crypto.proto documents, and for
+   * BatchDecrypt for the whole call) reveals nothing about the ciphertext.
+   */
+  const requireKeyUsable = (stored: StoredKey, operation: KeyOperation): void => {
+    const { key } = stored;
+    if (key.purpose === KEY_OPERATIONS[operation].purpose && key.state === "ENABLED") {
+      return;
+    }
+    // usableFor checks purpose and key state before anything about the
+    // version, so its refusal here is the key's, whichever version is asked.
+    const usable = usableFor(key, findVersion(stored, key.primaryVersion), operation);
+    if (!usable.ok) {
+      throw usable.error;
+    }
+  };
+
+  /**
+   * The version a ciphertext names, checked before any key material is
+   * touched: after the key's own checks, a ciphertext of another key, of a
+   * version that never existed, or no ciphertext at all fails as
+   * "decryption failed"; a version that exists but may not decrypt fails
+   * with its precise FAILED_PRECONDITION.
    */
   const resolveCiphertext = async (name: string, ciphertext: Uint8Array): Promise<Resolved> => {
     const cached = await cache.get(name);
+    requireKeyUsable(cached.stored, "decrypt");
     const header = parseCiphertext(ciphertext);
     if (header.keyName !== name) {
       throw new DecryptionError({ cause: new Error(`ciphertext is for another key (${header.keyName.slice(0, 80)})`) });
@@ -233,6 +256,8 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
     },
 
     async batchDecrypt(name, items) {
+      // A key that may not decrypt at all fails the call, not each item.
+      requireKeyUsable((await cache.get(name)).stored, "decrypt");
       const results: ItemResult<Buffer>[] = [];
       for (const item of items) {
         try {

@@ -14,7 +14,16 @@ const MAX_RESOURCES = 8;
 const MAX_RESOURCE_LENGTH = 512;
 const MAX_MESSAGE_LENGTH = 1024;
 
-const clip = (text: string, max: number) => (text.length > max ? `${text.slice(0, max)}…` : text);
+/**
+ * Bounded, and with control characters written as `\uXXXX`: fields come
+ * from requests (names, a ciphertext's claimed key name), and PostgreSQL
+ * cannot store a NUL; unescaped, one crafted request would fail its own
+ * event and every other event of the same group commit.
+ */
+const clip = (text: string, max: number) => {
+  const printable = text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return printable.length > max ? `${printable.slice(0, max)}…` : printable;
+};
 
 /**
  * Records every call, allowed or denied, succeeded or failed, and answers
@@ -65,14 +74,14 @@ export function createAuditInterceptor(deps: {
       const detail = req.contextValues.get(kAuditDetail);
       return {
         time,
-        identity: req.contextValues.get(kIdentity)?.name ?? "",
+        identity: clip(req.contextValues.get(kIdentity)?.name ?? "", MAX_RESOURCE_LENGTH),
         roles: rolesOf(code, decision),
         method,
         resources: resources.slice(0, MAX_RESOURCES).map((name) => clip(name, MAX_RESOURCE_LENGTH)),
         keyVersion: clip(req.contextValues.get(kAuditKeyVersion), MAX_RESOURCE_LENGTH),
         resultCode: code,
         resultMessage: clip(detail === "" ? message : `${message} (${detail})`, MAX_MESSAGE_LENGTH),
-        requestId: req.contextValues.get(kRequestId),
+        requestId: clip(req.contextValues.get(kRequestId), MAX_RESOURCE_LENGTH),
         peerAddress: req.contextValues.get(kPeerAddress),
         policyDigest: deps.policy.current().policy.digest,
       };
