@@ -11,11 +11,13 @@ import type { MigrationBuilder } from "node-pg-migrate";
  *   version and algorithm: material copied into another row does not unwrap.
  *   It is NULL exactly when the version is DESTROYED.
  * - Usage counters are added in batches a few seconds after the operations.
+ * - Names sort byte by byte (COLLATE "C"), whatever the database's locale,
+ *   so listings and their page tokens agree everywhere.
  */
 export async function up(pgm: MigrationBuilder): Promise<void> {
   pgm.sql(`
     CREATE TABLE keys (
-      name                   text        PRIMARY KEY CHECK (name ~ '^keys/[a-z][a-z0-9-]{0,62}$'),
+      name                   text        COLLATE "C" PRIMARY KEY CHECK (name ~ '^keys/[a-z][a-z0-9-]{0,62}$'),
       purpose                text        NOT NULL CHECK (purpose IN ('ENCRYPT_DECRYPT', 'SIGN_VERIFY', 'MAC')),
       algorithm              text        NOT NULL,
       state                  text        NOT NULL CHECK (state IN ('ENABLED', 'DISABLED', 'PENDING_DELETION', 'DESTROYED')),
@@ -35,7 +37,7 @@ export async function up(pgm: MigrationBuilder): Promise<void> {
     CREATE INDEX keys_deletion_due ON keys (deletion_time) WHERE state = 'PENDING_DELETION';
 
     CREATE TABLE key_versions (
-      key_name         text        NOT NULL REFERENCES keys (name),
+      key_name         text        COLLATE "C" NOT NULL REFERENCES keys (name),
       version          integer     NOT NULL CHECK (version >= 1),
       state            text        NOT NULL CHECK (state IN ('ENABLED', 'DISABLED', 'DESTROYED')),
       create_time      timestamptz NOT NULL,

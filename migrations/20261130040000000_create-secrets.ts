@@ -17,12 +17,12 @@ import type { MigrationBuilder } from "node-pg-migrate";
 export async function up(pgm: MigrationBuilder): Promise<void> {
   pgm.sql(`
     CREATE TABLE secrets (
-      name            text        PRIMARY KEY,
+      name            text        COLLATE "C" PRIMARY KEY,
       uid             uuid        NOT NULL UNIQUE,
       type            text        NOT NULL,
       description     text        NOT NULL,
       labels          jsonb       NOT NULL,
-      key_name        text        NOT NULL REFERENCES keys (name),
+      key_name        text        COLLATE "C" NOT NULL REFERENCES keys (name),
       max_versions    integer     NOT NULL CHECK (max_versions BETWEEN 1 AND 1000),
       current_version bigint      NOT NULL CHECK (current_version >= 0),
       create_time     timestamptz NOT NULL,
@@ -34,7 +34,7 @@ export async function up(pgm: MigrationBuilder): Promise<void> {
     COMMENT ON TABLE secrets IS 'Secret metadata; never a value.';
 
     CREATE TABLE secret_versions (
-      secret_name                 text        NOT NULL REFERENCES secrets (name) ON DELETE CASCADE,
+      secret_name                 text        COLLATE "C" NOT NULL REFERENCES secrets (name) ON DELETE CASCADE,
       version                     bigint      NOT NULL CHECK (version >= 1),
       state                       text        NOT NULL CHECK (state IN ('ENABLED', 'DISABLED', 'DESTROYED')),
       create_time                 timestamptz NOT NULL,
@@ -43,7 +43,7 @@ export async function up(pgm: MigrationBuilder): Promise<void> {
       client_specified_data_crc32c boolean    NOT NULL,
       origin                      text        NOT NULL CHECK (origin IN ('ADDED', 'GENERATED', 'ROLLBACK')),
       source_version              bigint      NOT NULL DEFAULT 0,
-      key_name                    text        NOT NULL REFERENCES keys (name),
+      key_name                    text        COLLATE "C" NOT NULL REFERENCES keys (name),
       key_version                 integer,
       ciphertext                  bytea,
       PRIMARY KEY (secret_name, version),

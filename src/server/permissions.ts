@@ -90,7 +90,13 @@ export const PERMISSIONS: Readonly<Record<string, Permission>> = {
   "keyward.v1.CryptoService/BatchEncrypt": role(SERVICE, named("name")),
   "keyward.v1.CryptoService/BatchDecrypt": role(SERVICE, named("name")),
 
-  "keyward.v1.SecretsService/CreateSecret": role(ADMIN, (r) => [`${text(r, "parent")}/${text(r, "secretId")}`]),
+  // Naming a key to encrypt with needs ADMIN on that key too: no borrowing keys one does not manage.
+  "keyward.v1.SecretsService/CreateSecret": role(ADMIN, (r) => {
+    const secret = `${text(r, "parent")}/${text(r, "secretId")}`;
+    const inner = r.secret;
+    const key = inner && typeof inner === "object" ? text(inner as Request, "key") : "";
+    return key === "" ? [secret] : [secret, key];
+  }),
   "keyward.v1.SecretsService/GetSecret": role(KEY_READERS, named("name")),
   "keyward.v1.SecretsService/ListSecrets": role(KEY_READERS, named("parent")),
   "keyward.v1.SecretsService/UpdateSecret": role(ADMIN, nested("secret")),

@@ -86,9 +86,13 @@ export function parseSecretFilter(filter: string): SecretFilter {
   return result;
 }
 
-/** `…/versions/{n}` or `…/versions/latest` → its parts (the proto's pattern has checked the shape). */
-export function splitSecretVersionName(name: string): { secretName: string; version: number | "latest" } {
+/**
+ * `…/versions/{n}` or `…/versions/latest` → its parts (the proto's pattern
+ * has checked the shape). {n} stays a bigint: it may have 18 digits, more
+ * than a JS number holds exactly.
+ */
+export function splitSecretVersionName(name: string): { secretName: string; version: bigint | "latest" } {
   const at = name.lastIndexOf("/versions/");
   const tail = name.slice(at + "/versions/".length);
-  return { secretName: name.slice(0, at), version: tail === "latest" ? "latest" : Number(tail) };
+  return { secretName: name.slice(0, at), version: tail === "latest" ? "latest" : BigInt(tail) };
 }

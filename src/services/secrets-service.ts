@@ -22,9 +22,27 @@ const LIST_SECRETS = PERMISSIONS["keyward.v1.SecretsService/ListSecrets"]!;
 const caller = (context: HandlerContext) => context.values.get(kIdentity)!.name;
 const within = (context: HandlerContext) => context.values.get(kAuditWithin);
 
+/**
+ * Versions are numbered from 1 up, one at a time, so none can pass 2^53 - 1;
+ * the protos accept int64. A larger number, rounded to a JS number, would
+ * name another version in the NOT_FOUND message, or fall outside
+ * PostgreSQL's bigint and fail the call as INTERNAL.
+ */
+const MAX_VERSION = BigInt(Number.MAX_SAFE_INTEGER);
+
 /** SecretsService: parses, calls the secret manager, formats. Values leave only through AccessSecretVersion and GenerateSecret. */
 export function createSecretsService(deps: { secrets: SecretManager; policy: PolicyStore }): ServiceImpl<typeof SecretsService> {
   const { secrets } = deps;
+
+  /** The version as the domain's number, or NOT_FOUND (the secret's own first) for one that cannot exist. */
+  const versionNumber = async (secretName: string, version: bigint): Promise<number> => {
+    if (version <= MAX_VERSION) {
+      return Number(version);
+    }
+    await secrets.get(secretName);
+    throw new DomainError("not-found", `${secretName}/versions/${version} not found`);
+  };
+
   return {
     async createSecret(request, context) {
       const spec = request.secret;
@@ -102,7 +120,7 @@ export function createSecretsService(deps: { secrets: SecretManager; policy: Pol
       const version = await secrets.addVersion(
         request.parent,
         { data: payload.data, clientSpecifiedCrc32c: payload.dataCrc32c !== undefined },
-        request.expectedCurrentVersion === undefined ? undefined : Number(request.expectedCurrentVersion),
+        request.expectedCurrentVersion,
         caller(context),
         within(context),
       );
@@ -111,7 +129,7 @@ export function createSecretsService(deps: { secrets: SecretManager; policy: Pol
 
     async accessSecretVersion(request) {
       const { secretName, version } = splitSecretVersionName(request.name);
-      const found = await secrets.access(secretName, version);
+      const found = await secrets.access(secretName, version === "latest" ? version : await versionNumber(secretName, version));
       return {
         name: `${secretName}/versions/${found.version.version}`,
         payload: { data: found.value, dataCrc32c: crc32c(found.value) },
@@ -136,24 +154,27 @@ export function createSecretsService(deps: { secrets: SecretManager; policy: Pol
 
     async disableSecretVersion(request, context) {
       const { secretName, version } = splitSecretVersionName(request.name);
-      return { secretVersion: toProtoSecretVersion(await secrets.moveVersion(secretName, version as number, "disable", within(context))) };
+      const number = await versionNumber(secretName, version as bigint);
+      return { secretVersion: toProtoSecretVersion(await secrets.moveVersion(secretName, number, "disable", within(context))) };
     },
 
     async enableSecretVersion(request, context) {
       const { secretName, version } = splitSecretVersionName(request.name);
-      return { secretVersion: toProtoSecretVersion(await secrets.moveVersion(secretName, version as number, "enable", within(context))) };
+      const number = await versionNumber(secretName, version as bigint);
+      return { secretVersion: toProtoSecretVersion(await secrets.moveVersion(secretName, number, "enable", within(context))) };
     },
 
     async destroySecretVersion(request, context) {
       const { secretName, version } = splitSecretVersionName(request.name);
-      return { secretVersion: toProtoSecretVersion(await secrets.moveVersion(secretName, version as number, "destroy", within(context))) };
+      const number = await versionNumber(secretName, version as bigint);
+      return { secretVersion: toProtoSecretVersion(await secrets.moveVersion(secretName, number, "destroy", within(context))) };
     },
 
     async rollbackSecret(request, context) {
       const version = await secrets.rollback(
         request.name,
-        Number(request.version),
-        request.expectedCurrentVersion === undefined ? undefined : Number(request.expectedCurrentVersion),
+        await versionNumber(request.name, request.version),
+        request.expectedCurrentVersion,
         caller(context),
         within(context),
       );
@@ -164,7 +185,7 @@ export function createSecretsService(deps: { secrets: SecretManager; policy: Pol
       const generated = await secrets.generate(
         request.parent,
         generateSpecFromProto(request.spec!),
-        request.expectedCurrentVersion === undefined ? undefined : Number(request.expectedCurrentVersion),
+        request.expectedCurrentVersion,
         caller(context),
         within(context),
       );

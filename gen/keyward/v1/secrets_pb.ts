@@ -1276,7 +1276,8 @@ export const GenerateSecretFormatSchema: GenEnum<GenerateSecretFormat> = /*@__PU
 export const SecretsService: GenService<{
   /**
    * Creates a secret, without any version: add the value with
-   * AddSecretVersion or GenerateSecret.
+   * AddSecretVersion or GenerateSecret. Naming secret.key needs ADMIN on that
+   * key as well as on the secret.
    *
    * Roles: ADMIN.
    *

@@ -76,15 +76,15 @@ export interface SecretManager {
   listVersions(name: string, before: number, limit: number): Promise<SecretVersion[]>;
   update(name: string, update: SecretUpdate, etag: string, caller: string, within: WithinTransaction): Promise<Secret>;
   delete(name: string, etag: string, within: WithinTransaction): Promise<void>;
-  addVersion(name: string, value: NewValue, expected: number | undefined, caller: string, within: WithinTransaction): Promise<SecretVersion>;
+  addVersion(name: string, value: NewValue, expected: bigint | undefined, caller: string, within: WithinTransaction): Promise<SecretVersion>;
   generate(
     name: string,
     spec: GenerateSpec,
-    expected: number | undefined,
+    expected: bigint | undefined,
     caller: string,
     within: WithinTransaction,
   ): Promise<{ version: SecretVersion; value: Buffer }>;
-  rollback(name: string, from: number, expected: number | undefined, caller: string, within: WithinTransaction): Promise<SecretVersion>;
+  rollback(name: string, from: number, expected: bigint | undefined, caller: string, within: WithinTransaction): Promise<SecretVersion>;
   access(name: string, version: number | "latest"): Promise<{ version: SecretVersion; value: Buffer }>;
   moveVersion(name: string, version: number, action: SecretVersionAction, within: WithinTransaction): Promise<SecretVersion>;
   /** Re-encrypts stored values made with older key versions, in batches; returns how many. */
@@ -170,7 +170,7 @@ export function createSecretManager(deps: {
   const addLocked = async (
     locked: LockedSecret,
     data: Uint8Array,
-    expected: number | undefined,
+    expected: bigint | undefined,
     meta: { caller: string; origin: SecretVersionOrigin; sourceVersion: number; clientSpecifiedCrc32c: boolean },
   ): Promise<{ write: SecretWrite; result: SecretVersion }> => {
     const { secret } = locked;

@@ -81,12 +81,14 @@ export function secretNameParts(name: string): { project: string; environment: s
 
 /**
  * Check-and-set on the current version (`expected` absent: no check; 0:
- * only if no version was ever added).
+ * only if no version was ever added). `expected` is the request's int64 as
+ * is: rounded to a JS number, a value beyond 2^53 would be misquoted in the
+ * message.
  *
  * @throws DomainError "aborted" when it does not match.
  */
-export function checkExpectedVersion(secret: Secret, expected: number | undefined): void {
-  if (expected !== undefined && expected !== secret.currentVersion) {
+export function checkExpectedVersion(secret: Secret, expected: bigint | undefined): void {
+  if (expected !== undefined && expected !== BigInt(secret.currentVersion)) {
     throw new DomainError(
       "aborted",
       `the current version of ${secret.name} is ${secret.currentVersion}, not ${expected}; read the secret again and retry`,

@@ -46,7 +46,9 @@ describe("error mapping and access log", () => {
       throw new DomainError(kind, `key keys/a is ${kind}`);
     });
     await expect(access.getCallerIdentity({})).rejects.toMatchObject({ code, rawMessage: `key keys/a is ${kind}` });
-    expect(lines.at(-1)).toMatchObject({ msg: "call failed", level: 30, method: "/keyward.v1.AccessService/GetCallerIdentity" });
+    // Caller mistakes are info; stored data found altered is an error someone must look at.
+    const level = code === Code.DataLoss ? 50 : 30;
+    expect(lines.at(-1)).toMatchObject({ msg: "call failed", level, method: "/keyward.v1.AccessService/GetCallerIdentity" });
   });
 
   it("answers INTERNAL with a fixed message for an unexpected error, and logs it at error level", async () => {
