@@ -66,6 +66,10 @@ rules:
     identities: ["${LISTER_ID}"]
     roles: [AUDITOR]
     resources: ["secrets/lst/prod/a-3"]
+  - name: lister-manages-lstadmin
+    identities: ["${LISTER_ID}"]
+    roles: [ADMIN]
+    resources: ["secrets/lstadmin/**"]
 `;
 
 const run = promisify(execFile);
@@ -1240,5 +1244,18 @@ describe("SecretsService end to end", () => {
       await keys.enableKey({ name: "keys/sec-later-off" });
       expect((await access(`${name}/versions/1`)).value).toBe("before");
     });
+  });
+  it("CreateSecret naming a key needs ADMIN on that key too: a secret admin cannot borrow keys", async () => {
+    const keys = connectClient(KeysService, keyward.url, await keyward.credentials("admin"));
+    await keys.createKey({ keyId: "borrowed", key: { purpose: KeyPurpose.ENCRYPT_DECRYPT, algorithm: KeyAlgorithm.AES_256_GCM } });
+    const listerAdmin = connectClient(SecretsService, keyward.url, await keyward.credentials("lister"));
+    const refused = await listerAdmin
+      .createSecret({ parent: "secrets/lstadmin/prod", secretId: "x", secret: { key: "keys/borrowed" } })
+      .then(() => undefined, (err: unknown) => ConnectError.from(err));
+    expect(refused?.code).toBe(Code.PermissionDenied);
+    expect(refused?.rawMessage).toBe('permission denied: no rule grants ADMIN on "keys/borrowed"');
+    // The same secret with the project's default key is the lister's to create.
+    const created = await listerAdmin.createSecret({ parent: "secrets/lstadmin/prod", secretId: "x" });
+    expect(created.secret?.key).toMatch(/^keys\/secrets-[0-9a-f]{20}$/);
   });
 });
