@@ -10,7 +10,7 @@
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { DomainError } from "../errors.js";
 import type { Clock } from "./clock.js";
-import { keyVersionName, type Key, type KeyAlgorithm, type KeyVersion } from "./key.js";
+import { keyVersionName, MAX_VERSION, type Key, type KeyAlgorithm, type KeyVersion } from "./key.js";
 import { mintMaterial, openMaterial } from "./material.js";
 import type { KeyFilter, KeyMutation, KeyRepository, StoredKey, WithinTransaction } from "./repository.js";
 import {
@@ -137,8 +137,18 @@ export function createKeyManager(deps: KeyManagerDeps): KeyManager {
 
     list: (filter, after, limit) => repository.list(filter, after, limit),
 
-    update: (name, update, etag, within) =>
-      repository.mutate(
+    update: async (name, update, etag, within) => {
+      // Counted before the key's row is locked: counting takes a connection
+      // from the pool, and transactions that wait for a second connection
+      // while holding one deadlock the pool as soon as there are as many of
+      // them as it has connections. The count can only fall meanwhile (new
+      // values use the primary, at or above any allowed minimum).
+      const raising = update.minDecryptionVersion;
+      const waiting =
+        deps.storedValuesBelow !== undefined && raising !== undefined && Number.isInteger(raising) && raising > 1 && raising <= MAX_VERSION
+          ? await deps.storedValuesBelow(name, raising)
+          : 0;
+      return repository.mutate(
         name,
         async (current) => {
           if (etag !== "" && etag !== current.key.etag) {
@@ -146,19 +156,17 @@ export function createKeyManager(deps: KeyManagerDeps): KeyManager {
           }
           const change = updateKey(current.key, current.versions, update, clock.now());
           const raisedTo = change.key.minDecryptionVersion;
-          if (raisedTo > current.key.minDecryptionVersion && deps.storedValuesBelow !== undefined) {
-            const waiting = await deps.storedValuesBelow(name, raisedTo);
-            if (waiting > 0) {
-              throw new DomainError(
-                "failed-precondition",
-                `cannot raise min_decryption_version of ${name} to ${raisedTo}: ${waiting} stored secret versions are still encrypted with older versions; wait for the rewrap (secret_versions_to_rewrap) to reach 0`,
-              );
-            }
+          if (raisedTo > current.key.minDecryptionVersion && waiting > 0) {
+            throw new DomainError(
+              "failed-precondition",
+              `cannot raise min_decryption_version of ${name} to ${raisedTo}: ${waiting} stored secret versions are still encrypted with older versions; wait for the rewrap (secret_versions_to_rewrap) to reach 0`,
+            );
           }
           return keyChange(change);
         },
         within,
-      ),
+      );
+    },
 
     rotate: (name, within) => repository.mutate(name, rotateLocked, within),
 

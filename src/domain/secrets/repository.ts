@@ -69,9 +69,12 @@ export interface SecretRepository {
   /** Keys that have stored values made with a version below their primary. */
   keysToRewrap(): Promise<string[]>;
   /**
-   * Re-encrypts up to `limit` values of `keyName` made with a version below
-   * `primary`, skipping rows another replica holds; one transaction.
-   * Returns how many were re-encrypted.
+   * Up to `limit` stored values of `keyName` made with a version below
+   * `primary`, in (secret name, version) order after `after`. Nothing is
+   * locked: re-encrypting happens outside any transaction, and
+   * {@link replaceValue} writes only over the value that was read.
    */
-  rewrap(keyName: string, primary: number, limit: number, reencrypt: (stale: StaleValue) => Promise<StoredValue>): Promise<number>;
+  staleValues(keyName: string, primary: number, after: { secretName: string; version: number } | undefined, limit: number): Promise<StaleValue[]>;
+  /** Writes `value` over a version's stored value if it is still `expected` (byte for byte); false otherwise. */
+  replaceValue(secretName: string, version: number, expected: Buffer, value: StoredValue): Promise<boolean>;
 }

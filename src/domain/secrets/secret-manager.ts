@@ -55,6 +55,9 @@ export interface NewValue {
   readonly clientSpecifiedCrc32c: boolean;
 }
 
+/** A secret changed between the encryption of a new value and the lock: the write is done again. */
+class SecretMoved extends Error {}
+
 /** The types GenerateSecret may write: their values are random text. */
 const GENERATABLE: readonly SecretType[] = ["OPAQUE", "PASSWORD", "API_KEY"];
 
@@ -87,7 +90,13 @@ export interface SecretManager {
   rollback(name: string, from: number, expected: bigint | undefined, caller: string, within: WithinTransaction): Promise<SecretVersion>;
   access(name: string, version: number | "latest"): Promise<{ version: SecretVersion; value: Buffer }>;
   moveVersion(name: string, version: number, action: SecretVersionAction, within: WithinTransaction): Promise<SecretVersion>;
-  /** Re-encrypts stored values made with older key versions, in batches; returns how many. */
+  /**
+   * Re-encrypts stored values made with older key versions, in batches;
+   * returns how many.
+   *
+   * @throws Error after trying every key, when some key's values could not
+   *   all be re-encrypted; the message names those keys and the reasons.
+   */
   rewrapStale(batch: number): Promise<number>;
   /** Stored values of `keyName` still made with a version below `version`. */
   countBelow(keyName: string, version: number): Promise<number>;
@@ -109,8 +118,9 @@ export function createSecretManager(deps: {
     return secret;
   };
 
-  const encrypt = async (secret: Secret, version: number, data: Uint8Array): Promise<StoredValue> => {
-    const out = await crypto.encrypt(secret.keyName, undefined, data, valueBinding(secret, version));
+  /** `keyVersion` undefined: the key's primary version as the key cache knows it. */
+  const encrypt = async (secret: Secret, version: number, data: Uint8Array, keyVersion?: number): Promise<StoredValue> => {
+    const out = await crypto.encrypt(secret.keyName, keyVersion, data, valueBinding(secret, version));
     return { ciphertext: out.ciphertext, keyVersion: Number(out.keyVersion.slice(out.keyVersion.lastIndexOf("/") + 1)) };
   };
 
@@ -166,18 +176,17 @@ export function createSecretManager(deps: {
     return name;
   };
 
-  /** Adds a version under the lock: check-and-set, encrypt bound to the new number, prune beyond max_versions. */
-  const addLocked = async (
+  /** Adds a version under the lock: check-and-set, the value encrypted for the new number, prune beyond max_versions. */
+  const addLocked = (
     locked: LockedSecret,
-    data: Uint8Array,
+    value: StoredValue,
     expected: bigint | undefined,
     meta: { caller: string; origin: SecretVersionOrigin; sourceVersion: number; clientSpecifiedCrc32c: boolean },
-  ): Promise<{ write: SecretWrite; result: SecretVersion }> => {
+  ): { write: SecretWrite; result: SecretVersion } => {
     const { secret } = locked;
     checkExpectedVersion(secret, expected);
     const now = clock.now();
     const number = secret.currentVersion + 1;
-    const value = await encrypt(secret, number, data);
     const version: SecretVersion = Object.freeze({
       secretName: secret.name,
       version: number,
@@ -200,6 +209,57 @@ export function createSecretManager(deps: {
       },
       result: version,
     };
+  };
+
+  /**
+   * Adds a version holding the value `produce` makes for the secret as last
+   * read. The value is made and encrypted before the secret's row is locked,
+   * bound to the version number the write expects to create: encrypting may
+   * load the key into the cache through the connection pool, and a
+   * transaction waiting for a second connection while it holds one
+   * deadlocks the pool as soon as as many writers as it has connections do
+   * so at once. Under the lock the value is written only if the secret is
+   * still the same incarnation at the same current version (and `stillValid`
+   * agrees); otherwise a concurrent writer won that round and everything is
+   * done again. Check-and-set failures stay ABORTED, never retried.
+   */
+  const addUnlockedValue = async (
+    name: string,
+    expected: bigint | undefined,
+    meta: { caller: string; origin: SecretVersionOrigin; sourceVersion: number; clientSpecifiedCrc32c: boolean },
+    within: WithinTransaction,
+    produce: (secret: Secret) => Promise<{ data: Uint8Array; wipe: boolean }>,
+    stillValid: (locked: LockedSecret) => Promise<boolean> = async () => true,
+  ): Promise<{ version: SecretVersion; data: Uint8Array }> => {
+    for (;;) {
+      const secret = await get(name);
+      const { data, wipe } = await produce(secret);
+      let value: StoredValue;
+      try {
+        checkExpectedVersion(secret, expected);
+        value = await encrypt(secret, secret.currentVersion + 1, data);
+      } finally {
+        if (wipe) data.fill(0);
+      }
+      try {
+        const version = await repository.mutate(
+          name,
+          async (locked) => {
+            if (locked.secret.uid !== secret.uid || locked.secret.currentVersion !== secret.currentVersion || !(await stillValid(locked))) {
+              checkExpectedVersion(locked.secret, expected);
+              // Rolls the transaction back: the call's audit event is
+              // written with the round that succeeds, once.
+              throw new SecretMoved();
+            }
+            return addLocked(locked, value, expected, meta);
+          },
+          within,
+        );
+        return { version, data };
+      } catch (err) {
+        if (!(err instanceof SecretMoved)) throw err;
+      }
+    }
   };
 
   const checkEtag = (secret: Secret, etag: string) => {
@@ -277,58 +337,60 @@ export function createSecretManager(deps: {
         within,
       ),
 
-    addVersion(name, value, expected, caller, within) {
-      return repository.mutate(
-        name,
-        async (locked) => {
-          checkValue(locked.secret.type, value.data);
-          return addLocked(locked, value.data, expected, {
-            caller,
-            origin: "ADDED",
-            sourceVersion: 0,
-            clientSpecifiedCrc32c: value.clientSpecifiedCrc32c,
-          });
-        },
-        within,
-      );
+    async addVersion(name, value, expected, caller, within) {
+      const meta = { caller, origin: "ADDED" as const, sourceVersion: 0, clientSpecifiedCrc32c: value.clientSpecifiedCrc32c };
+      const added = await addUnlockedValue(name, expected, meta, within, async (secret) => {
+        // The type is immutable, so checking it unlocked is checking it.
+        checkValue(secret.type, value.data);
+        return { data: value.data, wipe: false };
+      });
+      return added.version;
     },
 
     async generate(name, spec, expected, caller, within) {
+      // The value of the round that is written: a round done again draws a new one.
       let value: Buffer | undefined;
-      const version = await repository.mutate(
-        name,
-        async (locked) => {
-          if (!GENERATABLE.includes(locked.secret.type)) {
-            throw new DomainError(
-              "failed-precondition",
-              `${name} has type ${locked.secret.type}; only OPAQUE, PASSWORD and API_KEY secrets can be generated`,
-            );
-          }
-          value = generateValue(spec);
-          checkValue(locked.secret.type, value);
-          return addLocked(locked, value, expected, { caller, origin: "GENERATED", sourceVersion: 0, clientSpecifiedCrc32c: false });
-        },
-        within,
-      );
-      return { version, value: value! };
+      const meta = { caller, origin: "GENERATED" as const, sourceVersion: 0, clientSpecifiedCrc32c: false };
+      const added = await addUnlockedValue(name, expected, meta, within, async (secret) => {
+        if (!GENERATABLE.includes(secret.type)) {
+          throw new DomainError(
+            "failed-precondition",
+            `${name} has type ${secret.type}; only OPAQUE, PASSWORD and API_KEY secrets can be generated`,
+          );
+        }
+        value = generateValue(spec);
+        checkValue(secret.type, value);
+        return { data: value, wipe: false };
+      });
+      return { version: added.version, value: value! };
     },
 
-    rollback(name, from, expected, caller, within) {
-      return repository.mutate(
+    async rollback(name, from, expected, caller, within) {
+      // The stored value the copy was decrypted from, compared under the lock.
+      let source: Buffer | undefined;
+      const meta = { caller, origin: "ROLLBACK" as const, sourceVersion: from, clientSpecifiedCrc32c: false };
+      const added = await addUnlockedValue(
         name,
-        async (locked) => {
-          const source = await versionOf(locked, from);
-          requireReadable(source, "rollback");
-          const stored = await locked.value(from);
-          const data = await decrypt(locked.secret, from, stored!);
-          try {
-            return await addLocked(locked, data, expected, { caller, origin: "ROLLBACK", sourceVersion: from, clientSpecifiedCrc32c: false });
-          } finally {
-            data.fill(0);
-          }
-        },
+        expected,
+        meta,
         within,
+        async () => {
+          const found = await repository.read(name, from);
+          if (found === undefined) {
+            throw new DomainError("not-found", `${secretVersionName(name, from)} not found`);
+          }
+          requireReadable(found.version, "rollback");
+          source = found.value!.ciphertext;
+          return { data: await decrypt(found.secret, from, found.value!), wipe: true };
+        },
+        // Destroyed, or re-encrypted by the rewrap job, since it was read: read it again.
+        async (locked) => {
+          requireReadable(await versionOf(locked, from), "rollback");
+          const stored = await locked.value(from);
+          return stored !== null && stored.ciphertext.equals(source!);
+        },
       );
+      return added.version;
     },
 
     async access(name, version) {
@@ -361,21 +423,42 @@ export function createSecretManager(deps: {
 
     async rewrapStale(batch) {
       let done = 0;
+      const failed: string[] = [];
       for (const keyName of await repository.keysToRewrap()) {
         const { key } = await keys.get(keyName);
+        let after: { secretName: string; version: number } | undefined;
         for (;;) {
-          const n = await repository.rewrap(keyName, key.primaryVersion, batch, async (stale) => {
-            const secret = { ...stale.secret, keyName };
-            const data = await decrypt(secret, stale.version, stale.value);
+          const stale = await repository.staleValues(keyName, key.primaryVersion, after, batch);
+          for (const item of stale) {
+            after = { secretName: item.secret.name, version: item.version };
             try {
-              return await encrypt({ ...secret } as Secret, stale.version, data);
-            } finally {
-              data.fill(0);
+              const secret = { ...item.secret, keyName } as Secret;
+              const data = await decrypt(secret, item.version, item.value);
+              let value: StoredValue;
+              try {
+                // The primary read from the database, named: a key cache that
+                // has not yet heard of the rotation fails (retried next run)
+                // instead of writing the old version back as new.
+                value = await encrypt(secret, item.version, data, key.primaryVersion);
+              } finally {
+                data.fill(0);
+              }
+              // Written only over the value read: a concurrent write, destroy
+              // or another replica's rewrap of the same row wins.
+              if (await repository.replaceValue(item.secret.name, item.version, item.value.ciphertext, value)) {
+                done++;
+              }
+            } catch (err) {
+              // One value that cannot be re-encrypted for now (its version
+              // disabled, the value altered) must not hold up the others.
+              failed.push(`${secretVersionName(item.secret.name, item.version)}: ${(err as Error).message}`);
             }
-          });
-          done += n;
-          if (n < batch) break;
+          }
+          if (stale.length < batch) break;
         }
+      }
+      if (failed.length > 0) {
+        throw new Error(`re-encrypted ${done} secret versions; could not re-encrypt ${failed.length}: ${failed.slice(0, 5).join("; ")}`);
       }
       return done;
     },

@@ -275,30 +275,29 @@ export function createPgSecretRepository(pool: pg.Pool): SecretRepository {
       return rows.map((r) => r.key_name);
     },
 
-    async rewrap(keyName, primary, limit, reencrypt) {
-      return withTransaction(pool, async (client) => {
-        const { rows } = await client.query<{ name: string; uid: string; version: string; ciphertext: Buffer; key_version: number }>(
-          `SELECT s.name, s.uid, v.version, v.ciphertext, v.key_version
-             FROM secret_versions v JOIN secrets s ON s.name = v.secret_name
-            WHERE v.key_name = $1 AND v.key_version < $2
-            ORDER BY v.secret_name, v.version
-            LIMIT $3
-            FOR UPDATE OF v SKIP LOCKED`,
-          [keyName, primary, limit],
-        );
-        for (const row of rows) {
-          const value = await reencrypt({
-            secret: { name: row.name, uid: row.uid },
-            version: Number(row.version),
-            value: { ciphertext: row.ciphertext, keyVersion: row.key_version },
-          });
-          await client.query(
-            "UPDATE secret_versions SET ciphertext = $3, key_version = $4 WHERE secret_name = $1 AND version = $2",
-            [row.name, row.version, value.ciphertext, value.keyVersion],
-          );
-        }
-        return rows.length;
-      });
+    async staleValues(keyName, primary, after, limit) {
+      const { rows } = await pool.query<{ name: string; uid: string; version: string; ciphertext: Buffer; key_version: number }>(
+        `SELECT s.name, s.uid, v.version, v.ciphertext, v.key_version
+           FROM secret_versions v JOIN secrets s ON s.name = v.secret_name
+          WHERE v.key_name = $1 AND v.key_version < $2 AND (v.secret_name, v.version) > ($3, $4)
+          ORDER BY v.secret_name, v.version
+          LIMIT $5`,
+        [keyName, primary, after?.secretName ?? "", after?.version ?? 0, limit],
+      );
+      return rows.map((row) => ({
+        secret: { name: row.name, uid: row.uid },
+        version: Number(row.version),
+        value: { ciphertext: row.ciphertext, keyVersion: row.key_version },
+      }));
+    },
+
+    async replaceValue(secretName, version, expected, value) {
+      const { rowCount } = await pool.query(
+        `UPDATE secret_versions SET ciphertext = $4, key_version = $5
+          WHERE secret_name = $1 AND version = $2 AND ciphertext = $3`,
+        [secretName, version, expected, value.ciphertext, value.keyVersion],
+      );
+      return rowCount === 1;
     },
   };
 }
