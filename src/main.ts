@@ -3,6 +3,7 @@ import { mkdir, readFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
+import { createValidator } from "@bufbuild/protovalidate";
 import { createValidateInterceptor } from "@connectrpc/validate";
 import type { Logger } from "pino";
 import type pg from "pg";
@@ -32,6 +33,7 @@ import { createAuditInterceptor } from "./server/interceptors/audit.js";
 import { createAuthenticateInterceptor, createAuthorizeResourceInterceptor } from "./server/interceptors/authorize.js";
 import { createErrorInterceptor } from "./server/interceptors/errors.js";
 import { createPolicyStore } from "./server/policy-store.js";
+import { createRegexMatch } from "./server/regex-match.js";
 import { createKeywardServer } from "./server/server.js";
 import { loadTlsMaterial, watchTlsFiles } from "./server/tls.js";
 import { createAccessService } from "./services/access-service.js";
@@ -170,7 +172,7 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
         }),
         createErrorInterceptor(log),
         createAuthenticateInterceptor(policy),
-        createValidateInterceptor(),
+        createValidateInterceptor({ validator: createValidator({ regexMatch: createRegexMatch() }) }),
         createAuthorizeResourceInterceptor(policy),
       ],
       routes(router) {

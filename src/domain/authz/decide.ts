@@ -33,9 +33,11 @@ export interface Authorizer {
 }
 
 const MAX_CACHED_IDENTITIES = 10_000;
+const MAX_CACHED_DECISIONS = 10_000;
 
 export function createAuthorizer(policy: Policy): Authorizer {
   const cache = new Map<string, readonly Rule[]>();
+  const decisions = new Map<string, Decision>();
 
   const rulesFor = (identity: string): readonly Rule[] => {
     let rules = cache.get(identity);
@@ -84,14 +86,25 @@ export function createAuthorizer(policy: Policy): Authorizer {
     rolesOf,
     mayCall: (identity, roles) => rolesOf(identity).some((role) => roles.includes(role)),
     decide(identity, roles, resources) {
+      // The same caller asks about the same few resources call after call;
+      // the answer only changes with the policy, which makes a new authorizer.
+      const memo = `${identity}\u0000${roles.join(",")}\u0000${resources.join("\u0000")}`;
+      const known = decisions.get(memo);
+      if (known !== undefined) {
+        return known;
+      }
       const rules = rulesFor(identity);
       let decision: Decision = { kind: "deny", reason: "no resource named" };
       for (const resource of resources) {
         decision = decideOne(rules, roles, resource);
         if (decision.kind === "deny") {
-          return decision;
+          break;
         }
       }
+      if (decisions.size >= MAX_CACHED_DECISIONS) {
+        decisions.clear();
+      }
+      decisions.set(memo, decision);
       return decision;
     },
   };
