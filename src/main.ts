@@ -26,6 +26,7 @@ import { createCryptoOperations, createUsageRecorder } from "./domain/keys/crypt
 import { createKeyCache } from "./domain/keys/key-cache.js";
 import { createKeyManager } from "./domain/keys/key-manager.js";
 import { createKeyScheduler } from "./domain/keys/scheduler.js";
+import { createSecretCache } from "./domain/secrets/secret-cache.js";
 import { createSecretManager } from "./domain/secrets/secret-manager.js";
 import { createCheckpointSigner } from "./domain/audit/signer.js";
 import { createAccessLogInterceptor } from "./server/interceptors/access-log.js";
@@ -45,7 +46,8 @@ import { createHealthService, createHealthStatus } from "./services/health-servi
 import { createReflectionService } from "./services/reflection-service.js";
 import { createPgAuditRepository } from "./storage/pg/audit-repository.js";
 import { createPgDeploymentRepository } from "./storage/pg/deployment-repository.js";
-import { createPgKeyChangeFeed, createPgKeyRepository } from "./storage/pg/key-repository.js";
+import { createPgChangeFeed } from "./storage/pg/change-feed.js";
+import { createPgKeyRepository } from "./storage/pg/key-repository.js";
 import { createPgSecretRepository } from "./storage/pg/secret-repository.js";
 import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
 import { migrate } from "./storage/pg/migrate.js";
@@ -130,7 +132,7 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
 
     const secretRepository = createPgSecretRepository(pool);
     const storedValuesBelow = (keyName: string, version: number) => secretRepository.countBelow(keyName, version);
-    const { keys, crypto } = await startKeys(config, {
+    const { keys, crypto, feed } = await startKeys(config, {
       databaseUrl,
       pool,
       rootKey,
@@ -140,7 +142,13 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       policy,
       storedValuesBelow,
     });
-    const secrets = createSecretManager({ repository: secretRepository, keys, crypto, clock: { now: () => new Date() } });
+    const secrets = createSecretManager({
+      repository: secretRepository,
+      keys,
+      crypto,
+      clock: { now: () => new Date() },
+      cache: createSecretCache({ repository: secretRepository, feed }),
+    });
     startRewrap(config, secrets, log, cleanups);
 
     const health = createHealthStatus(ServingStatus.SERVING);
@@ -388,7 +396,7 @@ async function startKeys(
   const clock = { now: () => new Date() };
   const repository = createPgKeyRepository(pool);
   const { rows } = await pool.query<{ schema: string }>("SELECT current_schema() AS schema");
-  const feed = createPgKeyChangeFeed(databaseUrl, rows[0]!.schema, {
+  const feed = createPgChangeFeed(databaseUrl, rows[0]!.schema, {
     onError: (err) => log.warn({ error: err.message }, "key change feed lost; serving keys uncached until it is back"),
   });
   cleanups.push(() => feed.close());
@@ -442,7 +450,7 @@ async function startKeys(
   });
   scheduler.start(config.keys.schedulerIntervalMs);
   cleanups.push(() => scheduler.stop());
-  return { keys, crypto, cache };
+  return { keys, crypto, cache, feed };
 }
 
 /** Stored values re-encrypted per transaction by the rewrap job. */

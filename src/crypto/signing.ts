@@ -73,9 +73,18 @@ export interface Signer {
    * Signs a message, or a digest where {@link digestSigning} allows it.
    * ECDSA and RSA-PSS signatures are randomized; Ed25519's are deterministic.
    *
-   * @throws SignatureInputError for a digest the algorithm does not take.
+   * The private-key operation runs on the libuv thread pool, so the event
+   * loop keeps serving other calls meanwhile (an RSA-4096 signature takes
+   * about 10 ms). Only an RSA-PSS digest signature is computed on the
+   * calling thread: node:crypto has no asynchronous raw RSA operation.
+   * The input is copied when the call starts; changing it afterwards does
+   * not change what is signed.
+   *
+   * @returns a promise of the signature; it rejects with
+   * SignatureInputError for a digest the algorithm does not take (nothing
+   * is thrown synchronously).
    */
-  sign(input: SignInput): Buffer;
+  sign(input: SignInput): Promise<Buffer>;
 }
 
 /** Verifies with one public key. Cache it with the key version. */
@@ -85,13 +94,20 @@ export interface Verifier {
   readonly publicKeyPem: string;
 
   /**
-   * True when `signature` is a valid signature of the input. Returns false,
-   * never throws, for any signature bytes that do not verify, malformed
-   * ones included (wrong length, bad DER, values out of range).
+   * Resolves true when `signature` is a valid signature of the input.
+   * Resolves false, never rejects, for any signature bytes that do not
+   * verify, malformed ones included (wrong length, bad DER, values out of
+   * range).
    *
-   * @throws SignatureInputError for a digest the algorithm does not take.
+   * Runs on the libuv thread pool like {@link Signer.sign}, except for an
+   * RSA-PSS digest, which is checked on the calling thread. The input and
+   * signature are copied when the call starts.
+   *
+   * @returns a promise of the verdict; it rejects with SignatureInputError
+   * for a digest the algorithm does not take (nothing is thrown
+   * synchronously).
    */
-  verify(input: SignInput, signature: Uint8Array): boolean;
+  verify(input: SignInput, signature: Uint8Array): Promise<boolean>;
 }
 
 /** A freshly generated signing key. */
@@ -193,6 +209,17 @@ function keyPair(
 }
 
 /**
+ * A node:crypto call in its callback form, which runs on the libuv thread
+ * pool, as a promise (crypto/ imports only node:crypto: no util.promisify).
+ * A synchronous throw of `start` (bad arguments) becomes a rejection too.
+ */
+function onThreadPool<T>(start: (done: (err: Error | null, value: T) => void) => void): Promise<T> {
+  return new Promise((resolve, reject) => {
+    start((err, value) => (err ? reject(err) : resolve(value)));
+  });
+}
+
+/**
  * A {@link Signer} for `algorithm` with `privateKey`
  * (`crypto.createPrivateKey` of the PKCS#8 DER).
  *
@@ -204,21 +231,27 @@ export function createSigner(algorithm: SigningAlgorithm, privateKey: KeyObject)
   const modulusBytes = p.kind === "rsa-pss" ? p.modulusLength / 8 : 0;
   return {
     algorithm,
-    sign(input) {
+    async sign(input) {
       const { message, digest } = checkInput(algorithm, p, input);
       switch (p.kind) {
         case "ed25519":
-          return sign(null, message!, privateKey);
+          return onThreadPool<Buffer>((done) => sign(null, message!, privateKey, done));
         case "ecdsa":
-          return sign(p.hash, message!, { key: privateKey, dsaEncoding: "der" });
+          return onThreadPool<Buffer>((done) => sign(p.hash, message!, { key: privateKey, dsaEncoding: "der" }, done));
         case "rsa-pss":
           if (message !== undefined) {
-            return sign(p.hash, message, {
-              key: privateKey,
-              padding: constants.RSA_PKCS1_PSS_PADDING,
-              saltLength: RSA_PSS_SALT_LENGTH,
-            });
+            return onThreadPool<Buffer>((done) =>
+              sign(
+                p.hash,
+                message,
+                { key: privateKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: RSA_PSS_SALT_LENGTH },
+                done,
+              ),
+            );
           }
+          // Synchronous on purpose: privateEncrypt has no callback form and
+          // crypto.sign cannot take a precomputed digest, so this one path
+          // still holds the event loop for the RSA operation.
           return privateEncrypt(
             { key: privateKey, padding: constants.RSA_NO_PADDING },
             emsaPssEncode(digest!, p.modulusLength - 1, modulusBytes),
@@ -243,28 +276,36 @@ export function createVerifier(algorithm: SigningAlgorithm, publicKey: KeyObject
   return {
     algorithm,
     publicKeyPem,
-    verify(input, signature) {
+    async verify(input, signature) {
       const { message, digest } = checkInput(algorithm, p, input);
       // Any failure past input checks is about the signature bytes (or a
-      // corrupted signature OpenSSL refuses to parse): that is "invalid".
+      // corrupted signature OpenSSL refuses to parse): that is "invalid",
+      // whether node:crypto throws it or passes it to the callback.
       try {
         switch (p.kind) {
           case "ed25519":
-            return verify(null, message!, key, signature);
+            return await onThreadPool<boolean>((done) => verify(null, message!, key, signature, done));
           case "ecdsa":
-            return verify(p.hash, message!, { key, dsaEncoding: "der" }, signature);
+            return await onThreadPool<boolean>((done) =>
+              verify(p.hash, message!, { key, dsaEncoding: "der" }, signature, done),
+            );
           case "rsa-pss":
             if (signature.length !== modulusBytes) {
               return false;
             }
             if (message !== undefined) {
-              return verify(
-                p.hash,
-                message,
-                { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: RSA_PSS_SALT_LENGTH },
-                signature,
+              return await onThreadPool<boolean>((done) =>
+                verify(
+                  p.hash,
+                  message,
+                  { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: RSA_PSS_SALT_LENGTH },
+                  signature,
+                  done,
+                ),
               );
             }
+            // Synchronous on purpose: publicDecrypt has no callback form
+            // (the public-key operation is cheap next to signing).
             return emsaPssVerify(
               digest!,
               publicDecrypt({ key, padding: constants.RSA_NO_PADDING }, signature),

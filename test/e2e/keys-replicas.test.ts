@@ -11,7 +11,7 @@ import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys_pb.js";
-import { KEY_CHANGES_CHANNEL } from "../../src/storage/pg/key-repository.js";
+import { CHANGES_CHANNEL } from "../../src/storage/pg/change-feed.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { dropSchema } from "../helpers/database.js";
 import type { ClientCredentials } from "../helpers/keyward.js";
@@ -213,17 +213,36 @@ describe("key cache invalidation across two server processes", () => {
     const staleAnswers: string[] = [];
     for (let attempt = 0; attempt < 5 && !staleAnswers.includes("OK "); attempt++) {
       name = await warmKey("cached", KeyPurpose.ENCRYPT_DECRYPT, KeyAlgorithm.AES_256_GCM);
-      await sql.query("UPDATE keys SET state = 'DISABLED' WHERE name = $1", [name]);
+      // Triggers announce every change to the keys table, hand edits too;
+      // with them off for this session, the edit is silent.
+      const silent = await sql.connect();
+      try {
+        await silent.query("SET session_replication_role = replica");
+        await silent.query("UPDATE keys SET state = 'DISABLED' WHERE name = $1", [name]);
+      } finally {
+        await silent.query("RESET session_replication_role");
+        silent.release();
+      }
       await sleep(300);
       staleAnswers.push(describeOutcome(await outcome(onB.crypto.encrypt({ name, plaintext }))));
     }
     expect(staleAnswers).toContain("OK ");
 
-    // The notice the server sends: its schema, a space, the key's name.
-    await sql.query("SELECT pg_notify($1, current_schema() || ' ' || $2)", [KEY_CHANGES_CHANNEL, name]);
+    // The notice the triggers send: the schema, a space, the key's name.
+    await sql.query("SELECT pg_notify($1, current_schema() || ' ' || $2)", [CHANGES_CHANNEL, name]);
     const since = performance.now();
     const seen = await timeUntil(since, () => outcome(onB.crypto.encrypt({ name, plaintext })), (o) => o.code === Code.FailedPrecondition);
     report("manual NOTIFY", seen);
+    expect(seen.last.message).toContain("DISABLED");
+  });
+
+  it("a hand edit of a key's row reaches B's cache by itself, through the table's trigger", async () => {
+    const name = await warmKey("hand-edit", KeyPurpose.ENCRYPT_DECRYPT, KeyAlgorithm.AES_256_GCM);
+    expect(describeOutcome(await outcome(onB.crypto.encrypt({ name, plaintext })))).toBe("OK ");
+    await sql.query("UPDATE keys SET state = 'DISABLED' WHERE name = $1", [name]);
+    const since = performance.now();
+    const seen = await timeUntil(since, () => outcome(onB.crypto.encrypt({ name, plaintext })), (o) => o.code === Code.FailedPrecondition);
+    report("hand edit", seen);
     expect(seen.last.message).toContain("DISABLED");
   });
 

@@ -204,7 +204,7 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
       if (resolved.opened.loaded.purpose !== "SIGN_VERIFY") throw new TypeError("not a signing key");
       let signature: Buffer;
       try {
-        signature = resolved.opened.loaded.signer.sign(input);
+        signature = await resolved.opened.loaded.signer.sign(input);
       } catch (err) {
         return signInputError(err);
       }
@@ -217,7 +217,7 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
       if (resolved.opened.loaded.purpose !== "SIGN_VERIFY") throw new TypeError("not a signing key");
       let valid: boolean;
       try {
-        valid = resolved.opened.loaded.verifier.verify(input, signature);
+        valid = await resolved.opened.loaded.verifier.verify(input, signature);
       } catch (err) {
         return signInputError(err);
       }

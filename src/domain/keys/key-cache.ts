@@ -14,7 +14,8 @@ import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { DomainError } from "../errors.js";
 import type { KeyAlgorithm } from "./key.js";
 import { openMaterial } from "./material.js";
-import type { KeyChangeFeed, KeyRepository, StoredKey } from "./repository.js";
+import type { ChangeFeed } from "../change-feed.js";
+import type { KeyRepository, StoredKey } from "./repository.js";
 
 /** A version's primitives, parsed once. */
 export interface OpenedVersion {
@@ -42,7 +43,7 @@ export interface KeyCache {
 
 export interface KeyCacheDeps {
   readonly repository: KeyRepository;
-  readonly feed: KeyChangeFeed;
+  readonly feed: ChangeFeed;
   readonly rootKey: SecretBytes;
   /** Most keys held; the least recently loaded go first. Default 10,000. */
   readonly maxKeys?: number;
@@ -57,6 +58,9 @@ export function createKeyCache(deps: KeyCacheDeps): KeyCache {
   const stats = { hits: 0, misses: 0 };
 
   const invalidate = (name: string | undefined) => {
+    if (name !== undefined && !name.startsWith("keys/")) {
+      return;
+    }
     epoch++;
     if (name === undefined) {
       entries.clear();

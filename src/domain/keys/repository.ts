@@ -88,12 +88,3 @@ export interface KeyRepository {
   /** Adds uses to the versions' counters. */
   recordUsage(deltas: readonly UsageDelta[]): Promise<void>;
 }
-
-/** Tells this process when a key changed anywhere, so cached state can be dropped. */
-export interface KeyChangeFeed {
-  /** `listener(name)` after a change to key `name`; `listener(undefined)` when changes may have been missed. */
-  subscribe(listener: (name: string | undefined) => void): void;
-  /** True while changes are being received; caches must not serve while false. */
-  readonly live: boolean;
-  close(): Promise<void>;
-}

@@ -15,6 +15,7 @@ import type { CryptoOperations } from "../keys/crypto-operations.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { WithinTransaction } from "../keys/repository.js";
 import { generateValue, type GenerateSpec } from "./generate.js";
+import type { SecretCache } from "./secret-cache.js";
 import type { LockedSecret, SecretFilter, SecretRepository, SecretWrite, StoredValue } from "./repository.js";
 import {
   checkExpectedVersion,
@@ -107,8 +108,27 @@ export function createSecretManager(deps: {
   keys: KeyManager;
   crypto: CryptoOperations;
   clock: Clock;
+  /** Serves AccessSecretVersion's reads; told of this process's own changes at once. */
+  cache?: SecretCache;
 }): SecretManager {
-  const { repository, keys, crypto, clock } = deps;
+  const { keys, crypto, clock, cache } = deps;
+  const repository: SecretRepository = {
+    ...deps.repository,
+    async mutate(name, decide, within) {
+      try {
+        return await deps.repository.mutate(name, decide, within);
+      } finally {
+        cache?.invalidate(name);
+      }
+    },
+    async replaceValue(secretName, version, expected, value) {
+      try {
+        return await deps.repository.replaceValue(secretName, version, expected, value);
+      } finally {
+        cache?.invalidate(secretName);
+      }
+    },
+  };
 
   const get = async (name: string): Promise<Secret> => {
     const secret = await repository.get(name);
@@ -394,7 +414,7 @@ export function createSecretManager(deps: {
     },
 
     async access(name, version) {
-      const found = await repository.read(name, version);
+      const found = await (cache ?? repository).read(name, version);
       if (found === undefined) {
         await get(name);
         throw new DomainError(

@@ -1,7 +1,6 @@
-import pg from "pg";
+import type pg from "pg";
 import type { Key, KeyAlgorithm, KeyPurpose, KeyState, KeyVersion, KeyVersionState } from "../../domain/keys/key.js";
 import type {
-  KeyChangeFeed,
   KeyFilter,
   KeyRepository,
   KeyWrite,
@@ -12,8 +11,6 @@ import type {
 import { DomainError } from "../../domain/errors.js";
 import { withTransaction } from "./transaction.js";
 
-/** The channel every replica listens on; the payload is the changed key's name. */
-export const KEY_CHANGES_CHANNEL = "keyward_keys";
 
 const KEY_COLUMNS = `name, purpose, algorithm, state, primary_version, min_decryption_version, rotation_period_ms,
   next_rotation_time, deletion_time, description, labels, create_time, update_time, etag`;
@@ -147,10 +144,6 @@ async function applyWrite(client: pg.ClientBase, write: KeyWrite): Promise<void>
 }
 
 export function createPgKeyRepository(pool: pg.Pool): KeyRepository {
-  // The payload names the schema too: deployments (or tests) sharing a
-  // database hear each other's notices and must ignore them.
-  const notify = (client: pg.ClientBase, name: string) =>
-    client.query("SELECT pg_notify($1, current_schema() || ' ' || $2)", [KEY_CHANGES_CHANNEL, name]);
 
   return {
     get: (name) => readKey(pool, name, false),
@@ -189,7 +182,6 @@ export function createPgKeyRepository(pool: pg.Pool): KeyRepository {
         const { write, result } = await decide(current);
         if (write !== undefined) {
           await applyWrite(client, write);
-          await notify(client, name);
         }
         await within(client);
         return result;
@@ -242,89 +234,6 @@ export function createPgKeyRepository(pool: pg.Pool): KeyRepository {
           deltas.map((d) => d.lastUsedTime),
         ],
       );
-    },
-  };
-}
-
-/**
- * Listens for key changes in `schema` (as `current_schema()` names it on
- * the pool's connections) on a connection of its own, reconnecting with
- * backoff. While the connection is down `live` is false and listeners were
- * told (with `undefined`) that changes may have been missed.
- */
-export function createPgKeyChangeFeed(
-  connectionString: string,
-  schema: string,
-  options: { onError?: (err: Error) => void } = {},
-): KeyChangeFeed & { ready: Promise<void> } {
-  const prefix = `${schema} `;
-  const listeners: Array<(name: string | undefined) => void> = [];
-  let live = false;
-  let closed = false;
-  let client: pg.Client | undefined;
-  let retryMs = 100;
-  let timer: NodeJS.Timeout | undefined;
-  let resolveReady!: () => void;
-  const ready = new Promise<void>((resolve) => (resolveReady = resolve));
-
-  const lost = (err?: Error) => {
-    if (err) options.onError?.(err);
-    const wasLive = live;
-    live = false;
-    client?.removeAllListeners();
-    client?.on("error", () => {});
-    client?.end().catch(() => {});
-    client = undefined;
-    if (wasLive) listeners.forEach((l) => l(undefined));
-    if (!closed) {
-      timer = setTimeout(connect, retryMs);
-      timer.unref();
-      retryMs = Math.min(retryMs * 2, 2000);
-    }
-  };
-
-  const connect = () => {
-    if (closed) return;
-    const c = new pg.Client({ connectionString, connectionTimeoutMillis: 5000, keepAlive: true });
-    client = c;
-    c.on("error", (err) => lost(err));
-    c.on("end", () => client === c && lost());
-    c.on("notification", (message) => {
-      const payload = message.payload ?? "";
-      if (message.channel === KEY_CHANGES_CHANNEL && payload.startsWith(prefix)) {
-        const name = payload.slice(prefix.length);
-        listeners.forEach((l) => l(name));
-      }
-    });
-    c.connect()
-      .then(() => c.query(`LISTEN ${KEY_CHANGES_CHANNEL}`))
-      .then(() => {
-        if (client !== c) return;
-        // Anything cached before now may be stale: start from a clean slate.
-        listeners.forEach((l) => l(undefined));
-        live = true;
-        retryMs = 100;
-        resolveReady();
-      })
-      .catch((err: Error) => client === c && lost(err));
-  };
-  connect();
-
-  return {
-    ready,
-    get live() {
-      return live;
-    },
-    subscribe: (listener) => void listeners.push(listener),
-    async close() {
-      closed = true;
-      clearTimeout(timer);
-      live = false;
-      const c = client;
-      client = undefined;
-      c?.removeAllListeners();
-      c?.on("error", () => {});
-      await c?.end().catch(() => {});
     },
   };
 }

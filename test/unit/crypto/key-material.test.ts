@@ -77,7 +77,7 @@ describe.each(KEY_ALGORITHMS)("%s", (algorithm) => {
     }
   });
 
-  it("loads into a ready primitive of its purpose", () => {
+  it("loads into a ready primitive of its purpose", async () => {
     const loaded = loadKey(algorithm, material.get(algorithm)!.material);
     expect(loaded.algorithm).toBe(algorithm);
     expect(loaded.purpose).toBe(keyPurpose(algorithm));
@@ -96,7 +96,7 @@ describe.each(KEY_ALGORITHMS)("%s", (algorithm) => {
         break;
       }
       case "SIGN_VERIFY":
-        expect(loaded.verifier.verify({ message: data }, loaded.signer.sign({ message: data }))).toBe(true);
+        expect(await loaded.verifier.verify({ message: data }, await loaded.signer.sign({ message: data }))).toBe(true);
         expect(loaded.publicKeyPem).toBe(material.get(algorithm)!.publicKeyPem);
         break;
       case "MAC":

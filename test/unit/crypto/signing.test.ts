@@ -55,13 +55,13 @@ function digestOf(algorithm: SigningAlgorithm, message: Buffer): Buffer {
 }
 
 describe("Ed25519 known answers (RFC 8032 §7.1)", () => {
-  it.each(ED25519_KNOWN_ANSWERS.map((v) => [v.name, v] as const))("%s", (_name, v) => {
+  it.each(ED25519_KNOWN_ANSWERS.map((v) => [v.name, v] as const))("%s", async (_name, v) => {
     const loaded = loadKey("ED25519", new SecretBytes(ed25519Pkcs8(v.secretKey)));
     if (loaded.purpose !== "SIGN_VERIFY") {
       throw new Error("expected a signing key");
     }
-    expect(loaded.signer.sign({ message: v.message }).toString("hex")).toBe(v.signature.toString("hex"));
-    expect(loaded.verifier.verify({ message: v.message }, v.signature)).toBe(true);
+    expect((await loaded.signer.sign({ message: v.message })).toString("hex")).toBe(v.signature.toString("hex"));
+    expect(await loaded.verifier.verify({ message: v.message }, v.signature)).toBe(true);
     const spki = createPublicKey(loaded.publicKeyPem).export({ type: "spki", format: "der" });
     expect(spki.subarray(-32).toString("hex")).toBe(v.publicKey.toString("hex"));
   });
@@ -77,27 +77,27 @@ describe.each(SIGNING_ALGORITHMS)("%s", (algorithm) => {
     RSA_PSS_4096_SHA256: [512, 512],
   };
 
-  it("signs messages that verify, and only those", () => {
+  it("signs messages that verify, and only those", async () => {
     const { signer, verifier } = pair(algorithm);
     for (const message of [Buffer.alloc(0), MESSAGE, randomBytes(100_000)]) {
-      const signature = signer.sign({ message });
+      const signature = await signer.sign({ message });
       const [min, max] = sizes[algorithm];
       expect(signature.length).toBeGreaterThanOrEqual(min);
       expect(signature.length).toBeLessThanOrEqual(max);
-      expect(verifier.verify({ message }, signature)).toBe(true);
-      expect(verifier.verify({ message: Buffer.concat([message, Buffer.of(0)]) }, signature)).toBe(false);
+      expect(await verifier.verify({ message }, signature)).toBe(true);
+      expect(await verifier.verify({ message: Buffer.concat([message, Buffer.of(0)]) }, signature)).toBe(false);
     }
   });
 
   it("does not verify with another key of the same algorithm", async () => {
     const other = await generateSigningKey(algorithm);
     const verifier = createVerifier(algorithm, createPublicKey(other.publicKeyPem));
-    expect(verifier.verify({ message: MESSAGE }, pair(algorithm).signer.sign({ message: MESSAGE }))).toBe(false);
+    expect(await verifier.verify({ message: MESSAGE }, await pair(algorithm).signer.sign({ message: MESSAGE }))).toBe(false);
   });
 
-  it("returns false, never throws, for malformed signatures", () => {
+  it("resolves false, never rejects, for malformed signatures", async () => {
     const { signer, verifier } = pair(algorithm);
-    const good = signer.sign({ message: MESSAGE });
+    const good = await signer.sign({ message: MESSAGE });
     const malformed: Array<[string, Buffer]> = [
       ["empty", Buffer.alloc(0)],
       ["one byte", Buffer.of(0x30)],
@@ -116,20 +116,20 @@ describe.each(SIGNING_ALGORITHMS)("%s", (algorithm) => {
       malformed.push([`bit 7 of byte ${i} flipped`, flipped]);
     }
     for (const [name, signature] of malformed) {
-      expect({ name, valid: verifier.verify({ message: MESSAGE }, signature) }).toEqual({ name, valid: false });
+      expect({ name, valid: await verifier.verify({ message: MESSAGE }, signature) }).toEqual({ name, valid: false });
       if (digestSigning(algorithm)) {
         const digest = digestOf(algorithm, MESSAGE);
-        expect({ name, valid: verifier.verify({ digest }, signature) }).toEqual({ name, valid: false });
+        expect({ name, valid: await verifier.verify({ digest }, signature) }).toEqual({ name, valid: false });
       }
     }
   });
 
-  it("wants exactly one of message and digest", () => {
+  it("wants exactly one of message and digest", async () => {
     const { signer, verifier } = pair(algorithm);
     const both = { message: MESSAGE, digest: digestOf(algorithm, MESSAGE) } as never;
-    expect(() => signer.sign(both)).toThrow(SignatureInputError);
-    expect(() => signer.sign({} as never)).toThrow(SignatureInputError);
-    expect(() => verifier.verify(both, Buffer.alloc(64))).toThrow(SignatureInputError);
+    await expect(signer.sign(both)).rejects.toThrow(SignatureInputError);
+    await expect(signer.sign({} as never)).rejects.toThrow(SignatureInputError);
+    await expect(verifier.verify(both, Buffer.alloc(64))).rejects.toThrow(SignatureInputError);
   });
 
   it("refuses a key of another algorithm", () => {
@@ -144,36 +144,63 @@ describe.each(SIGNING_ALGORITHMS)("%s", (algorithm) => {
 describe("digests", () => {
   it.each(["ED25519", "ECDSA_P256_SHA256", "ECDSA_P384_SHA384"] as const)(
     "%s signs and verifies messages only",
-    (algorithm) => {
+    async (algorithm) => {
       const { signer, verifier } = pair(algorithm);
       expect(digestSigning(algorithm)).toBeUndefined();
       const digest = digestOf(algorithm, MESSAGE);
-      expect(() => signer.sign({ digest })).toThrow(SignatureInputError);
-      expect(() => verifier.verify({ digest }, signer.sign({ message: MESSAGE }))).toThrow(SignatureInputError);
+      await expect(signer.sign({ digest })).rejects.toThrow(SignatureInputError);
+      await expect(verifier.verify({ digest }, await signer.sign({ message: MESSAGE }))).rejects.toThrow(SignatureInputError);
     },
   );
 
   it.each(["RSA_PSS_2048_SHA256", "RSA_PSS_3072_SHA256", "RSA_PSS_4096_SHA256"] as const)(
     "%s signs a SHA-256 digest as it signs the message",
-    (algorithm) => {
+    async (algorithm) => {
       const { signer, verifier } = pair(algorithm);
       expect(digestSigning(algorithm)).toEqual({ hash: "sha256", length: 32 });
       const digest = digestOf(algorithm, MESSAGE);
-      const fromDigest = signer.sign({ digest });
-      const fromMessage = signer.sign({ message: MESSAGE });
+      const fromDigest = await signer.sign({ digest });
+      const fromMessage = await signer.sign({ message: MESSAGE });
       expect(fromDigest.length).toBe(fromMessage.length);
       for (const signature of [fromDigest, fromMessage]) {
-        expect(verifier.verify({ message: MESSAGE }, signature)).toBe(true);
-        expect(verifier.verify({ digest }, signature)).toBe(true);
-        expect(verifier.verify({ digest: digestOf(algorithm, Buffer.from("other")) }, signature)).toBe(false);
+        expect(await verifier.verify({ message: MESSAGE }, signature)).toBe(true);
+        expect(await verifier.verify({ digest }, signature)).toBe(true);
+        expect(await verifier.verify({ digest: digestOf(algorithm, Buffer.from("other")) }, signature)).toBe(false);
       }
-      expect(fromDigest.equals(signer.sign({ digest }))).toBe(false);
+      expect(fromDigest.equals(await signer.sign({ digest }))).toBe(false);
       for (const length of [0, 20, 31, 33, 48, 64]) {
-        expect(() => signer.sign({ digest: Buffer.alloc(length) })).toThrow(SignatureInputError);
-        expect(() => verifier.verify({ digest: Buffer.alloc(length) }, fromDigest)).toThrow(SignatureInputError);
+        await expect(signer.sign({ digest: Buffer.alloc(length) })).rejects.toThrow(SignatureInputError);
+        await expect(verifier.verify({ digest: Buffer.alloc(length) }, fromDigest)).rejects.toThrow(SignatureInputError);
       }
     },
   );
+});
+
+describe("the event loop", () => {
+  it("keeps turning while RSA-4096 signs", async () => {
+    const { signer, verifier } = pair("RSA_PSS_4096_SHA256");
+    // Counts event-loop turns (check phases) until the signatures are done.
+    // Signing on the calling thread would settle the promise before any
+    // setImmediate callback could run, counting 0 whatever the machine's
+    // speed; on the thread pool the loop stays free and at least one turn
+    // passes. Eight signatures (about 10 ms each, four pool threads) outlast
+    // the first turn even on a fast machine.
+    let turns = 0;
+    let settled = false;
+    const tick = (): void => {
+      if (!settled) {
+        turns++;
+        setImmediate(tick);
+      }
+    };
+    setImmediate(tick);
+    const signatures = await Promise.all(Array.from({ length: 8 }, () => signer.sign({ message: MESSAGE })));
+    settled = true;
+    expect(turns).toBeGreaterThan(0);
+    for (const signature of signatures) {
+      expect(await verifier.verify({ message: MESSAGE }, signature)).toBe(true);
+    }
+  });
 });
 
 const openssl = spawnSync("openssl", ["version"], { encoding: "utf8" });
@@ -218,14 +245,14 @@ describe.skipIf(!haveOpenssl)("cross-checked with the openssl command line", () 
     return result.ok && result.out.includes("Verified OK");
   }
 
-  it.each(SIGNING_ALGORITHMS)("openssl verifies what Keyward signs with %s, against GetPublicKey's PEM", (algorithm) => {
+  it.each(SIGNING_ALGORITHMS)("openssl verifies what Keyward signs with %s, against GetPublicKey's PEM", async (algorithm) => {
     const { signer, publicKeyPem } = pair(algorithm);
-    const signature = signer.sign({ message: MESSAGE });
+    const signature = await signer.sign({ message: MESSAGE });
     expect(opensslVerifies(algorithm, publicKeyPem, { message: MESSAGE }, signature)).toBe(true);
     expect(opensslVerifies(algorithm, publicKeyPem, { message: Buffer.from("forged") }, signature)).toBe(false);
     if (digestSigning(algorithm)) {
       const digest = digestOf(algorithm, MESSAGE);
-      const fromDigest = signer.sign({ digest });
+      const fromDigest = await signer.sign({ digest });
       expect(opensslVerifies(algorithm, publicKeyPem, { digest }, fromDigest)).toBe(true);
       expect(opensslVerifies(algorithm, publicKeyPem, { message: MESSAGE }, fromDigest)).toBe(true);
     }
@@ -242,7 +269,7 @@ describe.skipIf(!haveOpenssl)("cross-checked with the openssl command line", () 
 
   it.each(["ED25519", "ECDSA_P256_SHA256", "ECDSA_P384_SHA384", "RSA_PSS_2048_SHA256"] as const)(
     "Keyward verifies what openssl signs with %s, and loads openssl's key",
-    (algorithm) => {
+    async (algorithm) => {
       const keyPem = join(dir, `${algorithm}.openssl.pem`);
       execFileSync("openssl", ["genpkey", ...generators[algorithm], "-out", keyPem], { stdio: "pipe" });
       const pubPem = execFileSync("openssl", ["pkey", "-in", keyPem, "-pubout"], { encoding: "utf8" });
@@ -256,12 +283,12 @@ describe.skipIf(!haveOpenssl)("cross-checked with the openssl command line", () 
       }
       const signature = readFileSync(sig);
       const verifier = createVerifier(algorithm, createPublicKey(pubPem));
-      expect(verifier.verify({ message: MESSAGE }, signature)).toBe(true);
+      expect(await verifier.verify({ message: MESSAGE }, signature)).toBe(true);
       if (digestSigning(algorithm)) {
-        expect(verifier.verify({ digest: digestOf(algorithm, MESSAGE) }, signature)).toBe(true);
+        expect(await verifier.verify({ digest: digestOf(algorithm, MESSAGE) }, signature)).toBe(true);
       }
       // A key Keyward never saw: its signature does not verify against Keyward's key.
-      expect(pair(algorithm).verifier.verify({ message: MESSAGE }, signature)).toBe(false);
+      expect(await pair(algorithm).verifier.verify({ message: MESSAGE }, signature)).toBe(false);
 
       // openssl's private key, as PKCS#8 DER, is usable key material.
       const der = execFileSync("openssl", ["pkcs8", "-topk8", "-nocrypt", "-in", keyPem, "-outform", "DER"]);
@@ -270,11 +297,11 @@ describe.skipIf(!haveOpenssl)("cross-checked with the openssl command line", () 
         throw new Error("expected a signing key");
       }
       expect(loaded.publicKeyPem.trim()).toBe(pubPem.trim());
-      expect(opensslVerifies(algorithm, pubPem, { message: MESSAGE }, loaded.signer.sign({ message: MESSAGE }))).toBe(true);
+      expect(opensslVerifies(algorithm, pubPem, { message: MESSAGE }, await loaded.signer.sign({ message: MESSAGE }))).toBe(true);
     },
   );
 
-  it("refuses an RSA-PSS signature with another salt length", () => {
+  it("refuses an RSA-PSS signature with another salt length", async () => {
     const keyPem = file("rsa.pem", pkcs8Pem("RSA_PSS_2048_SHA256"));
     const sig = join(dir, "salt20.sig");
     execFileSync("openssl", [
@@ -282,8 +309,8 @@ describe.skipIf(!haveOpenssl)("cross-checked with the openssl command line", () 
       "-sign", keyPem, "-out", sig, file("message.bin", MESSAGE),
     ]);
     const { verifier } = pair("RSA_PSS_2048_SHA256");
-    expect(verifier.verify({ message: MESSAGE }, readFileSync(sig))).toBe(false);
-    expect(verifier.verify({ digest: digestOf("RSA_PSS_2048_SHA256", MESSAGE) }, readFileSync(sig))).toBe(false);
+    expect(await verifier.verify({ message: MESSAGE }, readFileSync(sig))).toBe(false);
+    expect(await verifier.verify({ digest: digestOf("RSA_PSS_2048_SHA256", MESSAGE) }, readFileSync(sig))).toBe(false);
   });
 });
 
