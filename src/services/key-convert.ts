@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import {
+  KeyVersionUsageSchema,
   KeyAlgorithm as ProtoKeyAlgorithm,
   KeyPurpose as ProtoKeyPurpose,
   KeySchema,
@@ -9,6 +10,7 @@ import {
   KeyVersionState as ProtoKeyVersionState,
   type Key as ProtoKey,
   type KeyVersion as ProtoKeyVersion,
+  type KeyVersionUsage as ProtoKeyVersionUsage,
 } from "../../gen/keyward/v1/keys_pb.js";
 import { DomainError } from "../domain/errors.js";
 import {
@@ -105,4 +107,20 @@ export function parseKeyFilter(filter: string): KeyFilter {
 export function splitVersionName(name: string): { keyName: string; version: number | undefined } {
   const at = name.indexOf("/versions/");
   return at === -1 ? { keyName: name, version: undefined } : { keyName: name.slice(0, at), version: Number(name.slice(at + 10)) };
+}
+
+/** Usage of every version together: operations summed, the latest use. */
+export function totalUsage(versions: readonly KeyVersion[]): ProtoKeyVersionUsage {
+  let count = 0;
+  let last: Date | null = null;
+  for (const v of versions) {
+    count += v.usage.operationCount;
+    if (v.usage.lastUsedTime !== null && (last === null || v.usage.lastUsedTime > last)) {
+      last = v.usage.lastUsedTime;
+    }
+  }
+  return create(KeyVersionUsageSchema, {
+    operationCount: BigInt(count),
+    lastUsedTime: last === null ? undefined : timestampFromDate(last),
+  });
 }

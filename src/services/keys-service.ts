@@ -16,6 +16,7 @@ import {
   splitVersionName,
   toProtoKey,
   toProtoKeyVersion,
+  totalUsage,
 } from "./key-convert.js";
 import { decodePageToken, encodePageToken, filterDigest, pageSizeOf } from "./page-token.js";
 
@@ -48,9 +49,9 @@ export function createKeysService(deps: {
     },
 
     async getKey(request) {
-      const { key } = await keys.get(request.name);
+      const { key, versions } = await keys.get(request.name);
       const waiting = deps.storedValuesBelow ? await deps.storedValuesBelow(key.name, key.primaryVersion) : 0;
-      return { key: { ...toProtoKey(key), secretVersionsToRewrap: BigInt(waiting) } };
+      return { key: { ...toProtoKey(key), secretVersionsToRewrap: BigInt(waiting), usage: totalUsage(versions) } };
     },
 
     async listKeys(request, context) {

@@ -677,6 +677,10 @@ describe("KeysService lifecycle over mTLS", () => {
       expect(lastUsed, `version ${v.version}`).toBeGreaterThanOrEqual(started);
       expect(lastUsed, `version ${v.version}`).toBeLessThanOrEqual(ended + 2_500);
     }
+    // GetKey sums the versions' counters and shows the latest use.
+    const { key } = await admin.getKey({ name: created.name });
+    expect(key?.usage?.operationCount).toBe(versions.reduce((sum, v) => sum + expected(v), BigInt(0)));
+    expect(msOf(key?.usage?.lastUsedTime)).toBe(Math.max(...versions.map((v) => msOf(v.usage?.lastUsedTime) ?? 0)));
 
     // Refused operations are not counted.
     await admin.disableKey({ name: created.name });
