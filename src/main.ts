@@ -50,6 +50,7 @@ import { createPgChangeFeed } from "./storage/pg/change-feed.js";
 import { createPgKeyRepository } from "./storage/pg/key-repository.js";
 import { createPgSecretRepository } from "./storage/pg/secret-repository.js";
 import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
+import { runPeriodically } from "./periodic.js";
 import { migrate } from "./storage/pg/migrate.js";
 import { createPool } from "./storage/pg/pool.js";
 
@@ -352,20 +353,13 @@ async function startAudit(
   const checkpointSigner = await createCheckpointSigner({ store: auditReader, rootKey });
   log.info({ keyId: checkpointSigner.keyId }, "audit checkpoint key loaded");
   if (config.audit.checkpointIntervalMs > 0) {
-    let signing: Promise<unknown> | undefined;
-    const checkpointTimer = setInterval(() => {
-      signing ??= checkpointSigner
-        .signIfMoved()
-        .catch((err: unknown) => log.warn({ error: (err as Error).message }, "periodic audit checkpoint failed"))
-        .finally(() => {
-          signing = undefined;
-        });
-    }, config.audit.checkpointIntervalMs);
-    checkpointTimer.unref();
-    cleanups.push(async () => {
-      clearInterval(checkpointTimer);
-      await signing;
-    });
+    cleanups.push(
+      runPeriodically(config.audit.checkpointIntervalMs, () =>
+        checkpointSigner
+          .signIfMoved()
+          .catch((err: unknown) => log.warn({ error: (err as Error).message }, "periodic audit checkpoint failed")),
+      ),
+    );
   }
   return { auditLog, auditReader, checkpointSigner };
 }
@@ -407,10 +401,9 @@ async function startKeys(
   const usage = createUsageRecorder();
   const flushUsage = () =>
     repository.recordUsage(usage.drain()).catch((err: unknown) => log.warn({ error: (err as Error).message }, "key usage not recorded"));
-  const usageTimer = setInterval(flushUsage, USAGE_FLUSH_MS);
-  usageTimer.unref();
+  const stopFlushing = runPeriodically(USAGE_FLUSH_MS, flushUsage);
   cleanups.push(async () => {
-    clearInterval(usageTimer);
+    await stopFlushing();
     await flushUsage();
   });
 
@@ -448,8 +441,11 @@ async function startKeys(
     },
     onError: (err, name) => log.warn({ keyName: name, error: (err as Error).message }, "key scheduler run failed"),
   });
-  scheduler.start(config.keys.schedulerIntervalMs);
-  cleanups.push(() => scheduler.stop());
+  cleanups.push(
+    runPeriodically(config.keys.schedulerIntervalMs, () =>
+      scheduler.runOnce().catch((err: unknown) => log.warn({ error: (err as Error).message }, "key scheduler run failed")),
+    ),
+  );
   return { keys, crypto, cache, feed };
 }
 
@@ -468,19 +464,12 @@ function startRewrap(
   log: Logger,
   cleanups: Array<() => Promise<void> | void>,
 ) {
-  let running: Promise<unknown> | undefined;
-  const timer = setInterval(() => {
-    running ??= secrets
-      .rewrapStale(REWRAP_BATCH)
-      .then((n) => n > 0 && log.info({ secretVersions: n }, "secret versions re-encrypted with their key's primary version"))
-      .catch((err: unknown) => log.warn({ error: (err as Error).message }, "secret rewrap failed; retrying later"))
-      .finally(() => {
-        running = undefined;
-      });
-  }, config.secrets.rewrapIntervalMs);
-  timer.unref();
-  cleanups.push(async () => {
-    clearInterval(timer);
-    await running;
-  });
+  cleanups.push(
+    runPeriodically(config.secrets.rewrapIntervalMs, () =>
+      secrets
+        .rewrapStale(REWRAP_BATCH)
+        .then((n) => n > 0 && log.info({ secretVersions: n }, "secret versions re-encrypted with their key's primary version"))
+        .catch((err: unknown) => log.warn({ error: (err as Error).message }, "secret rewrap failed; retrying later")),
+    ),
+  );
 }

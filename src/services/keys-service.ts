@@ -1,7 +1,6 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { KeysService } from "../../gen/keyward/v1/keys_pb.js";
 import { DomainError } from "../domain/errors.js";
-import type { Key } from "../domain/keys/key.js";
 import type { KeyManager } from "../domain/keys/key-manager.js";
 import type { KeyUpdate } from "../domain/keys/state-machine.js";
 import { kAuditWithin, kIdentity } from "../server/context.js";
@@ -18,7 +17,7 @@ import {
   toProtoKeyVersion,
   totalUsage,
 } from "./key-convert.js";
-import { decodePageToken, encodePageToken, filterDigest, pageSizeOf } from "./page-token.js";
+import { decodePageToken, encodePageToken, filterDigest, grantedPage, pageSizeOf } from "./page-token.js";
 
 const LIST_KEYS = PERMISSIONS["keyward.v1.KeysService/ListKeys"]!;
 
@@ -57,28 +56,18 @@ export function createKeysService(deps: {
     async listKeys(request, context) {
       const filter = parseKeyFilter(request.filter);
       const digest = filterDigest(["keys", filter]);
-      let after = decodePageToken(request.pageToken, digest);
-      const pageSize = pageSizeOf(request.pageSize);
+      const after = decodePageToken(request.pageToken, digest);
       // Only keys the caller is granted are listed: a grant on `keys` lets
       // the caller list, not see every key.
       const identity = context.values.get(kIdentity)!.name;
       const authorizer = deps.policy.current();
       const roles = LIST_KEYS.kind === "role" ? LIST_KEYS.roles : [];
-      const page: Key[] = [];
-      let more = false;
-      for (;;) {
-        const batch = await keys.list(filter, after, pageSize + 1);
-        for (const key of batch) {
-          if (authorizer.decide(identity, roles, [key.name]).kind !== "allow") continue;
-          if (page.length === pageSize) {
-            more = true;
-            break;
-          }
-          page.push(key);
-        }
-        if (more || batch.length <= pageSize) break;
-        after = batch.at(-1)!.name;
-      }
+      const { page, more } = await grantedPage(
+        (from, limit) => keys.list(filter, from, limit),
+        (key) => authorizer.decide(identity, roles, [key.name]).kind === "allow",
+        after,
+        pageSizeOf(request.pageSize),
+      );
       return {
         keys: page.map(toProtoKey),
         nextPageToken: more ? encodePageToken(page.at(-1)!.name, digest) : "",

@@ -41,3 +41,31 @@ export function decodePageToken(token: string, digest: string): string {
 export function pageSizeOf(requested: number, fallback = 100): number {
   return requested > 0 ? requested : fallback;
 }
+
+/**
+ * One page of what the caller may see, from a source listed in ascending
+ * name order: reads batches after `after`, keeps the items `granted`
+ * allows, and says whether another granted item follows the page.
+ */
+export async function grantedPage<T extends { readonly name: string }>(
+  fetch: (after: string, limit: number) => Promise<T[]>,
+  granted: (item: T) => boolean,
+  after: string,
+  pageSize: number,
+): Promise<{ page: T[]; more: boolean }> {
+  const page: T[] = [];
+  for (;;) {
+    const batch = await fetch(after, pageSize + 1);
+    for (const item of batch) {
+      if (!granted(item)) continue;
+      if (page.length === pageSize) {
+        return { page, more: true };
+      }
+      page.push(item);
+    }
+    if (batch.length <= pageSize) {
+      return { page, more: false };
+    }
+    after = batch.at(-1)!.name;
+  }
+}

@@ -2,12 +2,11 @@ import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
 import { crc32c } from "../crypto/crc32c.js";
 import { DomainError } from "../domain/errors.js";
-import type { Secret } from "../domain/secrets/secret.js";
 import type { SecretManager, SecretUpdate } from "../domain/secrets/secret-manager.js";
 import { kAuditWithin, kIdentity } from "../server/context.js";
 import { PERMISSIONS } from "../server/permissions.js";
 import type { PolicyStore } from "../server/policy-store.js";
-import { decodePageToken, encodePageToken, filterDigest, pageSizeOf } from "./page-token.js";
+import { decodePageToken, encodePageToken, filterDigest, grantedPage, pageSizeOf } from "./page-token.js";
 import {
   generateSpecFromProto,
   parseSecretFilter,
@@ -68,27 +67,17 @@ export function createSecretsService(deps: { secrets: SecretManager; policy: Pol
     async listSecrets(request, context) {
       const filter = parseSecretFilter(request.filter);
       const digest = filterDigest(["secrets", request.parent, filter]);
-      let after = decodePageToken(request.pageToken, digest);
-      const pageSize = pageSizeOf(request.pageSize);
+      const after = decodePageToken(request.pageToken, digest);
       // Only secrets the caller is granted are listed.
       const identity = caller(context);
       const authorizer = deps.policy.current();
       const roles = LIST_SECRETS.kind === "role" ? LIST_SECRETS.roles : [];
-      const page: Secret[] = [];
-      let more = false;
-      for (;;) {
-        const batch = await secrets.list(request.parent, filter, after, pageSize + 1);
-        for (const secret of batch) {
-          if (authorizer.decide(identity, roles, [secret.name]).kind !== "allow") continue;
-          if (page.length === pageSize) {
-            more = true;
-            break;
-          }
-          page.push(secret);
-        }
-        if (more || batch.length <= pageSize) break;
-        after = batch.at(-1)!.name;
-      }
+      const { page, more } = await grantedPage(
+        (from, limit) => secrets.list(request.parent, filter, from, limit),
+        (secret) => authorizer.decide(identity, roles, [secret.name]).kind === "allow",
+        after,
+        pageSizeOf(request.pageSize),
+      );
       return {
         secrets: page.map(toProtoSecret),
         nextPageToken: more ? encodePageToken(page.at(-1)!.name, digest) : "",

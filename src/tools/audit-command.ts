@@ -1,11 +1,9 @@
 import { access, constants, readFile, stat } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import type { Writable } from "node:stream";
 import { parseArgs } from "node:util";
-import type pg from "pg";
 import type { Config } from "../config.js";
-import { runningPostmaster, startEmbeddedPostgres } from "../storage/pg/embedded.js";
-import { createPool } from "../storage/pg/pool.js";
+import { UsageError, withOfflineDatabase } from "./offline-database.js";
 import { exportAuditLog, exportAuditLogToFile, type AuditExportSummary } from "./audit-export.js";
 import { MAX_SEQUENCE, NoAuditLogError } from "./audit-snapshot.js";
 import {
@@ -38,7 +36,6 @@ export interface AuditCommandIo {
   readonly stderr: Writable;
 }
 
-class UsageError extends Error {}
 
 /**
  * `keyward audit <export|verify> [options]`: returns the exit code, 0 when
@@ -79,7 +76,7 @@ async function exportCommand(args: string[], config: () => Config, io: AuditComm
   });
   const range = parseRange(values.from, values.to);
   const out = values.out === undefined ? undefined : resolve(values.out);
-  const summary = await withDatabase(config(), (pool) =>
+  const summary = await withOfflineDatabase(config(), "keyward-audit", (pool) =>
     out === undefined
       ? exportAuditLog(pool, io.stdout, range)
       : exportAuditLogToFile(pool, out, range),
@@ -122,7 +119,7 @@ async function verifyCommand(args: string[], config: () => Config, io: AuditComm
     }
     result = await verifyAuditFile(file, options);
   } else {
-    result = await withDatabase(config(), (pool) => verifyAuditDatabase(pool, options));
+    result = await withOfflineDatabase(config(), "keyward-audit", (pool) => verifyAuditDatabase(pool, options));
   }
   const summary = `${summarizeVerification(result)}\n`;
   if (values.json) {
@@ -169,44 +166,7 @@ function describeExport(summary: AuditExportSummary): string {
  * and refuses to start one that is already running: startEmbeddedPostgres
  * would shut down the running postmaster, i.e. a live server's database.
  */
-async function withDatabase<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
-  let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | undefined;
-  if (config.databaseUrl === undefined) {
-    const dataDir = join(config.dataDir, "postgres");
-    await assertEmbeddedIdle(dataDir);
-    embedded = await startEmbeddedPostgres({ dataDir, log: () => {} });
-  }
-  const pool = createPool({
-    connectionString: config.databaseUrl ?? embedded!.connectionString,
-    schema: config.databaseSchema,
-    max: 1,
-    applicationName: "keyward-audit",
-    connectTimeoutMs: 10_000,
-  });
-  try {
-    return await fn(pool);
-  } finally {
-    await pool.end().catch(() => {});
-    await embedded?.stop();
-  }
-}
 
-async function assertEmbeddedIdle(dataDir: string): Promise<void> {
-  const exists = await stat(join(dataDir, "PG_VERSION")).then(
-    () => true,
-    () => false,
-  );
-  if (!exists) {
-    throw new UsageError(`no database: DATABASE_URL is not set and there is no embedded PostgreSQL in ${dataDir} (KEYWARD_DATA_DIR)`);
-  }
-  const pid = await runningPostmaster(dataDir);
-  if (pid !== undefined) {
-    throw new UsageError(
-      `the embedded PostgreSQL in ${dataDir} is running (pid ${pid}), most likely for a Keyward server; ` +
-        "starting it here would shut it down: stop the server first, or set DATABASE_URL to reach that database",
-    );
-  }
-}
 
 function isParseArgsError(err: unknown): boolean {
   return err instanceof TypeError && String((err as NodeJS.ErrnoException).code ?? "").startsWith("ERR_PARSE_ARGS_");

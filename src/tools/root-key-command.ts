@@ -1,5 +1,5 @@
 import { randomUUID, timingSafeEqual } from "node:crypto";
-import { readFile, stat } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Writable } from "node:stream";
 import { parseArgs } from "node:util";
@@ -12,10 +12,9 @@ import { signingKeyBinding } from "../domain/audit/signer.js";
 import { keyVersionName } from "../domain/keys/key.js";
 import { rewrapMaterial } from "../domain/keys/material.js";
 import { createPgAuditRepository } from "../storage/pg/audit-repository.js";
-import { runningPostmaster, startEmbeddedPostgres } from "../storage/pg/embedded.js";
 import { migrate } from "../storage/pg/migrate.js";
-import { createPool } from "../storage/pg/pool.js";
 import { withTransaction } from "../storage/pg/transaction.js";
+import { UsageError, withOfflineDatabase } from "./offline-database.js";
 
 /** The `root-key` lines of `keyward help`. */
 export const ROOT_KEY_USAGE = `  root-key rotate               re-wrap every key version's material and the audit checkpoint key under a
@@ -32,7 +31,6 @@ export interface RootKeyCommandIo {
   readonly stderr: Writable;
 }
 
-class UsageError extends Error {}
 
 /** How many versions are re-wrapped per statement: bounds memory, not correctness (one transaction either way). */
 const REWRAP_BATCH = 500;
@@ -226,7 +224,7 @@ async function rotateCommand(args: string[], config: () => Config, io: RootKeyCo
 
   let outcome: RootKeyRotation | undefined;
   try {
-    await withDatabase(settings, async (pool, connectionString) => {
+    await withOfflineDatabase(settings, "keyward-root-key", async (pool, connectionString) => {
       await assertKeywardSchema(pool, settings);
       // The trigger change that allows re-wrapping the audit signing key may
       // not be applied yet if the servers ran an older release.
@@ -344,38 +342,6 @@ async function assertKeywardSchema(pool: pg.Pool, config: Config): Promise<void>
  * startEmbeddedPostgres would shut down a live server's database, and a
  * running server must not be left with the old root key anyway.
  */
-async function withDatabase<T>(config: Config, fn: (pool: pg.Pool, connectionString: string) => Promise<T>): Promise<T> {
-  let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | undefined;
-  if (config.databaseUrl === undefined) {
-    const dataDir = join(config.dataDir, "postgres");
-    const exists = await stat(join(dataDir, "PG_VERSION")).then(
-      () => true,
-      () => false,
-    );
-    if (!exists) {
-      throw new UsageError(`no database: DATABASE_URL is not set and there is no embedded PostgreSQL in ${dataDir} (KEYWARD_DATA_DIR)`);
-    }
-    const pid = await runningPostmaster(dataDir);
-    if (pid !== undefined) {
-      throw new UsageError(`the embedded PostgreSQL in ${dataDir} is running (pid ${pid}), most likely for a Keyward server: stop the server first`);
-    }
-    embedded = await startEmbeddedPostgres({ dataDir, log: () => {} });
-  }
-  const connectionString = config.databaseUrl ?? embedded!.connectionString;
-  const pool = createPool({
-    connectionString,
-    schema: config.databaseSchema,
-    max: 1,
-    applicationName: "keyward-root-key",
-    connectTimeoutMs: 10_000,
-  });
-  try {
-    return await fn(pool, connectionString);
-  } finally {
-    await pool.end().catch(() => {});
-    await embedded?.stop();
-  }
-}
 
 function isParseArgsError(err: unknown): boolean {
   return err instanceof TypeError && String((err as NodeJS.ErrnoException).code ?? "").startsWith("ERR_PARSE_ARGS_");

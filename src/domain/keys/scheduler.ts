@@ -6,11 +6,8 @@ import type { KeyRepository, WithinTransaction } from "./repository.js";
 const BATCH = 100;
 
 export interface KeyScheduler {
-  /** Handles the keys due now; resolves with what was done to each. */
+  /** Handles the keys due now; resolves with what was done to each. Run it periodically (main.ts). */
   runOnce(): Promise<Map<string, DueOutcome>>;
-  /** Runs every `intervalMs` until `stop()`; a run never overlaps the previous one. */
-  start(intervalMs: number): void;
-  stop(): Promise<void>;
 }
 
 /**
@@ -26,9 +23,6 @@ export function createKeyScheduler(deps: {
   audit: (name: string, outcome: Exclude<DueOutcome, "not-due">) => WithinTransaction;
   onError: (err: unknown, name?: string) => void;
 }): KeyScheduler {
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<unknown> | undefined;
-
   const runOnce = async () => {
     const done = new Map<string, DueOutcome>();
     for (const name of await deps.repository.due(deps.clock.now(), BATCH)) {
@@ -41,21 +35,5 @@ export function createKeyScheduler(deps: {
     return done;
   };
 
-  return {
-    runOnce,
-    start(intervalMs) {
-      timer = setInterval(() => {
-        running ??= runOnce()
-          .catch((err: unknown) => deps.onError(err))
-          .finally(() => {
-            running = undefined;
-          });
-      }, intervalMs);
-      timer.unref();
-    },
-    async stop() {
-      clearInterval(timer);
-      await running;
-    },
-  };
+  return { runOnce };
 }
