@@ -18,6 +18,11 @@ export interface TlsConfig {
 /** The whole configuration, read once from the environment, validated and frozen. */
 export interface Config {
   readonly listen: { readonly host: string; readonly port: number };
+  /**
+   * Where the Prometheus endpoint (plain HTTP, `GET /metrics`) listens;
+   * absent: no metrics endpoint and no metrics collected.
+   */
+  readonly metricsListen: { readonly host: string; readonly port: number } | undefined;
   readonly dataDir: string;
   /** Absent: an embedded PostgreSQL runs in `<dataDir>/postgres`. */
   readonly databaseUrl: string | undefined;
@@ -66,6 +71,7 @@ export class ConfigError extends Error {
  */
 export const ENV_VARS = {
   KEYWARD_LISTEN: "127.0.0.1:8443",
+  KEYWARD_METRICS_LISTEN: "(unset: no metrics endpoint)",
   KEYWARD_DATA_DIR: "./.keyward",
   DATABASE_URL: "(unset: embedded PostgreSQL in <data>/postgres)",
   KEYWARD_DB_POOL_MAX: "10",
@@ -112,7 +118,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     return value;
   };
 
-  const listen = parseListen(get("KEYWARD_LISTEN") ?? ENV_VARS.KEYWARD_LISTEN);
+  const listen = parseListen("KEYWARD_LISTEN", get("KEYWARD_LISTEN") ?? ENV_VARS.KEYWARD_LISTEN);
+  // Plain HTTP without authentication: it is never on unless asked for, and
+  // always at an address the operator wrote down (no default host to guess).
+  const metricsText = get("KEYWARD_METRICS_LISTEN");
+  const metricsListen = metricsText === undefined ? undefined : parseListen("KEYWARD_METRICS_LISTEN", metricsText);
+  if (metricsListen && metricsListen.port !== 0 && metricsListen.port === listen.port && metricsListen.host === listen.host) {
+    throw new ConfigError("KEYWARD_METRICS_LISTEN must differ from KEYWARD_LISTEN: metrics are served on a port of their own");
+  }
 
   const databaseUrl = get("DATABASE_URL");
   if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
@@ -150,6 +163,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
 
   const config: Config = {
     listen,
+    metricsListen,
     dataDir: path("KEYWARD_DATA_DIR") ?? resolve(cwd, ENV_VARS.KEYWARD_DATA_DIR),
     databaseUrl,
     databasePoolMax: integer("KEYWARD_DB_POOL_MAX", 1, 500),
@@ -202,11 +216,15 @@ function rootKeyFromEnv(value: string | undefined): { key: SecretBytes } | undef
   }
 }
 
-function parseListen(text: string): { host: string; port: number } {
+function parseListen(
+  name: "KEYWARD_LISTEN" | "KEYWARD_METRICS_LISTEN",
+  text: string,
+): { host: string; port: number } {
   const match = /^(?:\[([0-9a-fA-F:]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
   const port = match ? Number(match[3]) : NaN;
   if (!match || port > 65535) {
-    throw new ConfigError("KEYWARD_LISTEN must be host:port, e.g. 127.0.0.1:8443 or [::1]:8443 (port 0 picks a free one)");
+    const example = name === "KEYWARD_LISTEN" ? "127.0.0.1:8443 or [::1]:8443" : "127.0.0.1:9464 or [::1]:9464";
+    throw new ConfigError(`${name} must be host:port, e.g. ${example} (port 0 picks a free one)`);
   }
   return { host: (match[1] ?? match[2])!, port };
 }

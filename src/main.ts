@@ -33,6 +33,8 @@ import { createAccessLogInterceptor } from "./server/interceptors/access-log.js"
 import { createAuditInterceptor } from "./server/interceptors/audit.js";
 import { createAuthenticateInterceptor, createAuthorizeResourceInterceptor } from "./server/interceptors/authorize.js";
 import { createErrorInterceptor } from "./server/interceptors/errors.js";
+import { createMetricsInterceptor } from "./server/interceptors/metrics.js";
+import { createMetrics, serveMetrics, STALE_COUNT_TIMEOUT_MS } from "./server/metrics.js";
 import { createPolicyStore } from "./server/policy-store.js";
 import { createRegexMatch } from "./server/regex-match.js";
 import { createKeywardServer } from "./server/server.js";
@@ -48,7 +50,7 @@ import { createPgAuditRepository } from "./storage/pg/audit-repository.js";
 import { createPgDeploymentRepository } from "./storage/pg/deployment-repository.js";
 import { createPgChangeFeed } from "./storage/pg/change-feed.js";
 import { createPgKeyRepository } from "./storage/pg/key-repository.js";
-import { createPgSecretRepository } from "./storage/pg/secret-repository.js";
+import { countStaleSecretVersions, createPgSecretRepository } from "./storage/pg/secret-repository.js";
 import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
 import { runPeriodically } from "./periodic.js";
 import { migrate } from "./storage/pg/migrate.js";
@@ -69,6 +71,8 @@ export const INFRASTRUCTURE_SERVICES: readonly DescService[] = [Health, ServerRe
 /** A started Keyward: its address and how to stop it. */
 export interface RunningKeyward {
   readonly address: AddressInfo;
+  /** Where `GET /metrics` is served; undefined when KEYWARD_METRICS_LISTEN is unset (no port opened). */
+  readonly metricsAddress?: AddressInfo;
   /** Which files the server uses, resolved (dev defaults included). */
   readonly files: { readonly tls: TlsConfig; readonly policyFile: string };
   /** True when any dev default (PKI, policy, root key, embedded database) is in use. */
@@ -129,11 +133,22 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
     const policy = createPolicyStore(policyFile, log);
     cleanups.push(() => policy.close());
 
-    const { auditLog, auditReader, checkpointSigner } = await startAudit(config, { databaseUrl, pool, rootKey, log, cleanups });
+    // Metrics cost a little on every call (and prom-client's process metrics
+    // watch the event loop and GC): nothing is collected unless asked for.
+    const metrics = config.metricsListen ? createMetrics() : undefined;
+
+    const { auditLog, auditPool, auditReader, checkpointSigner } = await startAudit(config, {
+      databaseUrl,
+      pool,
+      rootKey,
+      log,
+      cleanups,
+      onAuditBatch: metrics && ((records) => metrics.auditBatchSize.observe(records)),
+    });
 
     const secretRepository = createPgSecretRepository(pool);
     const storedValuesBelow = (keyName: string, version: number) => secretRepository.countBelow(keyName, version);
-    const { keys, crypto, feed } = await startKeys(config, {
+    const { keys, crypto, cache, feed } = await startKeys(config, {
       databaseUrl,
       pool,
       rootKey,
@@ -151,6 +166,12 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       cache: createSecretCache({ repository: secretRepository, feed }),
     });
     startRewrap(config, secrets, log, cleanups);
+    metrics?.watch({
+      pools: { main: pool, audit: auditPool },
+      auditQueue: auditLog,
+      keyCache: cache,
+      countStaleSecretVersions: () => countStaleSecretVersions(pool, STALE_COUNT_TIMEOUT_MS),
+    });
 
     const health = createHealthStatus(ServingStatus.SERVING);
     const healthProbe = setInterval(() => {
@@ -173,6 +194,7 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       tls: loadTlsMaterial(tls),
       draining,
       interceptors: [
+        ...(metrics ? [createMetricsInterceptor(metrics, served)] : []),
         createAccessLogInterceptor(log),
         createAuditInterceptor({
           audit: auditLog,
@@ -224,11 +246,19 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       { address: `${address.address}:${address.port}`, deploymentId, policyDigest: policy.current().policy.digest },
       "keyward listening",
     );
+    let metricsAddress: AddressInfo | undefined;
+    if (metrics && config.metricsListen) {
+      const endpoint = await serveMetrics(metrics.registry, config.metricsListen.host, config.metricsListen.port);
+      cleanups.push(() => endpoint.close());
+      metricsAddress = endpoint.address;
+      log.info({ metricsAddress: `${metricsAddress.address}:${metricsAddress.port}` }, "metrics served at GET /metrics (plain HTTP)");
+    }
     if (dev.length > 0) {
       log.warn({ development: dev }, "DEVELOPMENT defaults in use; configure them for production (see README)");
     }
     return {
       address,
+      metricsAddress,
       files: { tls, policyFile },
       development: dev.length > 0,
       close: cleanup,
@@ -321,9 +351,11 @@ async function startAudit(
     rootKey: SecretBytes;
     log: Logger;
     cleanups: Array<() => Promise<void> | void>;
+    /** Told the size of each audit batch (metrics); absent: nobody is. */
+    onAuditBatch: ((records: number) => void) | undefined;
   },
 ) {
-  const { databaseUrl, pool, rootKey, log, cleanups } = deps;
+  const { databaseUrl, pool, rootKey, log, cleanups, onAuditBatch } = deps;
   // The audit log writes through a pool of its own, with client-side
   // timeouts: a database that stops answering fails appends (and so calls)
   // instead of hanging them, and busy request handlers cannot starve it.
@@ -344,6 +376,7 @@ async function startAudit(
     timeoutMs: config.audit.timeoutMs,
     onWriteError: (err, records) =>
       log.error({ error: (err as Error).message, records }, "audit write failed; the calls waiting for it fail UNAVAILABLE"),
+    onBatch: onAuditBatch,
   });
   cleanups.push(() => auditLog.close());
 
@@ -361,7 +394,7 @@ async function startAudit(
       ),
     );
   }
-  return { auditLog, auditReader, checkpointSigner };
+  return { auditLog, auditPool, auditReader, checkpointSigner };
 }
 
 /** How often usage counters are written: GetKey/ListKeyVersions may lag by this much. */

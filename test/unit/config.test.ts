@@ -7,6 +7,7 @@ describe("loadConfig", () => {
   it("applies documented defaults and freezes the result", () => {
     const config = loadConfig({}, "/srv/app");
     expect(config.listen).toEqual({ host: "127.0.0.1", port: 8443 });
+    expect(config.metricsListen).toBeUndefined();
     expect(config.dataDir).toBe("/srv/app/.keyward");
     expect(config.databaseUrl).toBeUndefined();
     expect(config.tls).toBeUndefined();
@@ -23,6 +24,7 @@ describe("loadConfig", () => {
     const config = loadConfig(
       {
         KEYWARD_LISTEN: "[::1]:0",
+        KEYWARD_METRICS_LISTEN: "127.0.0.1:9464",
         KEYWARD_DATA_DIR: "data",
         DATABASE_URL: "postgres://u@db/keyward",
         KEYWARD_DB_POOL_MAX: "25",
@@ -39,6 +41,7 @@ describe("loadConfig", () => {
     );
     expect(config).toMatchObject({
       listen: { host: "::1", port: 0 },
+      metricsListen: { host: "127.0.0.1", port: 9464 },
       dataDir: "/srv/data",
       databaseUrl: "postgres://u@db/keyward",
       databasePoolMax: 25,
@@ -48,6 +51,7 @@ describe("loadConfig", () => {
       logLevel: "debug",
       shutdownGraceMs: 100,
     });
+    expect(Object.isFrozen(config.metricsListen)).toBe(true);
   });
 
   it("takes a base64 root key from KEYWARD_ROOT_KEY without ever showing it", () => {
@@ -60,6 +64,10 @@ describe("loadConfig", () => {
   it.each([
     [{ KEYWARD_LISTEN: "8443" }, "KEYWARD_LISTEN must be host:port"],
     [{ KEYWARD_LISTEN: "localhost:70000" }, "KEYWARD_LISTEN must be host:port"],
+    [{ KEYWARD_METRICS_LISTEN: "9464" }, "KEYWARD_METRICS_LISTEN must be host:port"],
+    [{ KEYWARD_METRICS_LISTEN: "metrics.internal:99999" }, "KEYWARD_METRICS_LISTEN must be host:port"],
+    [{ KEYWARD_METRICS_LISTEN: "http://127.0.0.1:9464" }, "KEYWARD_METRICS_LISTEN must be host:port"],
+    [{ KEYWARD_LISTEN: "127.0.0.1:8443", KEYWARD_METRICS_LISTEN: "127.0.0.1:8443" }, "KEYWARD_METRICS_LISTEN must differ from KEYWARD_LISTEN"],
     [{ DATABASE_URL: "mysql://secret-password@db" }, "DATABASE_URL must be a postgres:// or postgresql:// URL"],
     [{ KEYWARD_DB_POOL_MAX: "0" }, "KEYWARD_DB_POOL_MAX must be an integer from 1 to 500"],
     [{ KEYWARD_DB_POOL_MAX: "ten" }, "KEYWARD_DB_POOL_MAX must be an integer from 1 to 500"],

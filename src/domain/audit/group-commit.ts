@@ -16,6 +16,8 @@ export interface GroupCommitOptions {
   timeoutMs: number;
   /** Told about failed batch writes (the callers get UNAVAILABLE). */
   onWriteError?(error: unknown, records: number): void;
+  /** Told the number of records of each batch as its write starts (for metrics). Default: nothing. */
+  onBatch?(records: number): void;
 }
 
 /** Appends records durably, many calls per write. */
@@ -82,6 +84,7 @@ export function createGroupCommitter(options: GroupCommitOptions): GroupCommitte
         continue;
       }
       current = batch;
+      options.onBatch?.(batch.length);
       // The sweeper fails each waiter at its own deadline; the batch as a
       // whole is given up when the last of them has passed.
       const timeLeft = Math.max(0, Math.max(...batch.map((waiter) => waiter.deadline)) - Date.now());

@@ -301,3 +301,25 @@ export function createPgSecretRepository(pool: pg.Pool): SecretRepository {
     },
   };
 }
+
+/**
+ * Counts stored secret versions whose key has a newer primary version, with
+ * a server-side statement timeout (for scrapes: they must not hang).
+ *
+ * @throws when the pool already has queries waiting for a connection (the
+ *   count never competes with calls for a saturated pool), on the timeout, or
+ *   on any database error.
+ */
+export async function countStaleSecretVersions(pool: pg.Pool, timeoutMs: number): Promise<number> {
+  if (pool.waitingCount > 0) {
+    throw new Error("database pool saturated; rewrap backlog not counted");
+  }
+  // One simple-protocol round trip: PostgreSQL runs the statements as one
+  // implicit transaction, so SET LOCAL bounds only this count and the
+  // connection goes back to the pool unchanged, even after a timeout.
+  const results = (await pool.query(
+    `SET LOCAL statement_timeout = ${Math.trunc(timeoutMs)};
+     SELECT count(*)::bigint AS stale FROM secret_versions v JOIN keys k ON k.name = v.key_name WHERE v.key_version < k.primary_version`,
+  )) as unknown as Array<{ rows: Array<{ stale: string }> }>;
+  return Number(results[1]!.rows[0]!.stale);
+}
