@@ -8,6 +8,7 @@ import type { RunningKeyward } from "./main.js";
 import { migrate } from "./storage/pg/migrate.js";
 import { runningPostmaster, startEmbeddedPostgres } from "./storage/pg/embedded.js";
 import { AUDIT_USAGE, auditCommand } from "./tools/audit-command.js";
+import { DOCTOR_USAGE, doctorCommand } from "./tools/doctor-command.js";
 import { ROOT_KEY_USAGE, rootKeyCommand } from "./tools/root-key-command.js";
 
 const USAGE = `usage: keyward <command> [options]
@@ -20,7 +21,7 @@ commands:
       --cn-only                 no SPIFFE ID: the identity is the subject CN <name>
       --days <n>                validity in days (default 825)
       --out <dir>               where to write <name>.crt and <name>.key (default <data>/pki)
-${AUDIT_USAGE}${ROOT_KEY_USAGE}  help                          this text
+${AUDIT_USAGE}${ROOT_KEY_USAGE}${DOCTOR_USAGE}  help                          this text
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -36,6 +37,8 @@ async function main(argv: string[]): Promise<number> {
       return auditCommand(rest, () => loadConfig());
     case "root-key":
       return rootKeyCommand(rest, () => loadConfig());
+    case "doctor":
+      return doctorCommand(rest, () => loadConfig());
     case "help":
     case "--help":
     case "-h":

@@ -19,7 +19,7 @@ export interface MigrateOptions {
 }
 
 /** The repository's `migrations/` folder, independent of the process's working directory. */
-const MIGRATIONS_DIR = fileURLToPath(new URL("../../../migrations", import.meta.url));
+export const MIGRATIONS_DIR = fileURLToPath(new URL("../../../migrations", import.meta.url));
 
 const SCHEMA_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 
