@@ -1,9 +1,7 @@
-import { spawn } from "node:child_process";
 import { randomBytes, sign } from "node:crypto";
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { checkpointPayload } from "../../src/domain/audit/checkpoint.js";
@@ -13,34 +11,10 @@ import { startEmbeddedPostgres } from "../../src/storage/pg/embedded.js";
 import { migrate } from "../../src/storage/pg/migrate.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { exportAuditLogToFile } from "../../src/tools/audit-export.js";
-import { createTestDatabase, type TestDatabase } from "../helpers/database.js";
+import { createTestDatabase, uniqueSchemaName, type TestDatabase } from "../helpers/database.js";
+import { keywardCli } from "../helpers/keyward-process.js";
 import type {} from "../setup/global-database.js";
 import { newCheckpointKey } from "../fixtures/audit.js";
-
-const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** `node --import tsx src/cli.ts <args>` with exactly `env` (plus PATH); resolves when it exits. */
-function keyward(args: string[], env: Record<string, string>): Promise<Run> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", ...args], {
-    cwd: REPO_ROOT,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
-  child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 const record = (i: number): AuditRecord => ({
   time: new Date(Date.UTC(2026, 10, 24, 7, 30, 0, 0) + i * 1_001),
@@ -113,8 +87,8 @@ describe("keyward audit verify and export, against the database", () => {
 
   it("verify: exit 0 with a one-line summary, or with --json the result object on stdout", async () => {
     const [text, json] = await Promise.all([
-      keyward(["audit", "verify", "--public-key", keyFile], env),
-      keyward(["audit", "verify", "--public-key", keyFile, "--json"], env),
+      keywardCli(["audit", "verify", "--public-key", keyFile], env),
+      keywardCli(["audit", "verify", "--public-key", keyFile, "--json"], env),
     ]);
     expect(text).toMatchObject({ code: 0, stderr: "" });
     expect(text.stdout).toBe(
@@ -139,7 +113,7 @@ describe("keyward audit verify and export, against the database", () => {
 
   it("export: the same JSON lines to stdout and to --out; the file verifies with no database configured", async () => {
     const out = join(dir, "export.jsonl");
-    const [toStdout, toFile] = await Promise.all([keyward(["audit", "export"], env), keyward(["audit", "export", "--out", out], env)]);
+    const [toStdout, toFile] = await Promise.all([keywardCli(["audit", "export"], env), keywardCli(["audit", "export", "--out", out], env)]);
     expect(toStdout.code).toBe(0);
     expect(toFile).toMatchObject({ code: 0, stdout: "" });
     expect(toFile.stderr).toBe(`exported 50 events (sequences 1..50), 1 checkpoint and 1 signing key to ${out}\n`);
@@ -153,7 +127,7 @@ describe("keyward audit verify and export, against the database", () => {
 
     // No DATABASE_URL and an empty data folder: reading the database would fail (exit 2).
     const nowhere = await mkdtemp(join(dir, "nowhere-"));
-    const offline = await keyward(["audit", "verify", "--file", out, "--public-key", keyFile, "--json"], { KEYWARD_DATA_DIR: nowhere });
+    const offline = await keywardCli(["audit", "verify", "--file", out, "--public-key", keyFile, "--json"], { KEYWARD_DATA_DIR: nowhere });
     expect(offline.code).toBe(0);
     expect(JSON.parse(offline.stdout)).toMatchObject({ intact: true, verified_count: 50, checkpoints_verified: 1, source: `file ${out}` });
     expect(await readdir(nowhere)).toEqual([]);
@@ -163,10 +137,10 @@ describe("keyward audit verify and export, against the database", () => {
     // The rest of the usage errors are covered in process (test/integration/audit-offline.test.ts).
     const empty = await mkdtemp(join(dir, "empty-"));
     const runs = await Promise.all([
-      keyward(["audit", "verify", "--fromm", "5"], env),
-      keyward(["audit", "verify"], { ...env, KEYWARD_DB_SCHEMA: `t_${randomBytes(8).toString("hex")}` }),
+      keywardCli(["audit", "verify", "--fromm", "5"], env),
+      keywardCli(["audit", "verify"], { ...env, KEYWARD_DB_SCHEMA: uniqueSchemaName() }),
       // Neither DATABASE_URL nor an embedded cluster: none is created (a new one would verify as an empty log).
-      keyward(["audit", "verify"], { KEYWARD_DATA_DIR: empty }),
+      keywardCli(["audit", "verify"], { KEYWARD_DATA_DIR: empty }),
     ]);
     expect(runs.map((run) => [run.code, run.stdout, run.stderr.split("\n")[0]])).toEqual([
       [2, "", expect.stringMatching(/^keyward: Unknown option '--fromm'/)],
@@ -198,10 +172,10 @@ describe("keyward audit verify on a tampered log", () => {
     );
 
     const [fromDatabase, fromFile, otherKey] = await Promise.all([
-      keyward(["audit", "verify", "--public-key", keyFile, "--json"], env),
-      keyward(["audit", "verify", "--file", edited, "--public-key", keyFile, "--json"], {}),
+      keywardCli(["audit", "verify", "--public-key", keyFile, "--json"], env),
+      keywardCli(["audit", "verify", "--file", edited, "--public-key", keyFile, "--json"], {}),
       // The untampered export, but checked against a key that did not sign it.
-      keyward(["audit", "verify", "--file", out, "--public-key", otherKeyFile], {}),
+      keywardCli(["audit", "verify", "--file", out, "--public-key", otherKeyFile], {}),
     ]);
     expect(otherKey.code).toBe(1);
     expect(otherKey.stdout).toMatch(
@@ -232,7 +206,7 @@ describe("keyward audit with the embedded database (no DATABASE_URL)", () => {
       const pool = createPool({ connectionString: embedded.connectionString, max: 2 });
       try {
         await populate(pool);
-        const busy = await keyward(["audit", "verify"], env);
+        const busy = await keywardCli(["audit", "verify"], env);
         expect(busy.code).toBe(2);
         expect(busy.stderr).toMatch(/^keyward: the embedded PostgreSQL in .* is running \(pid \d+\)/);
         // Still up: the refusal left the running cluster alone.
@@ -244,7 +218,7 @@ describe("keyward audit with the embedded database (no DATABASE_URL)", () => {
       await embedded.stop();
     }
 
-    const verified = await keyward(["audit", "verify", "--public-key", keyFile, "--json"], env);
+    const verified = await keywardCli(["audit", "verify", "--public-key", keyFile, "--json"], env);
     expect(verified.code).toBe(0);
     expect(JSON.parse(verified.stdout)).toMatchObject({ intact: true, verified_count: 50, checkpoints_verified: 1 });
     // The command stopped the cluster it started.

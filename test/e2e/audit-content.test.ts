@@ -1,6 +1,4 @@
 import { randomBytes, randomUUID, webcrypto } from "node:crypto";
-import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
@@ -12,7 +10,8 @@ import { AccessService } from "../../gen/keyward/v1/access_pb.js";
 import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
 import { loadDevCertificateAuthority } from "../../src/dev/pki.js";
-import { startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { policyFileEnv, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { policyText } from "../helpers/policy.js";
 
 /**
  * What the audit log says about calls, read straight from audit_events with
@@ -29,22 +28,11 @@ const AUDITOR_ID = "spiffe://keyward.local/auditor";
 // SERVICE only on keys/open and the shop's secrets, so a resource outside is
 // refused by the resource check (after validation), while ADMIN lacks SERVICE
 // everywhere and is refused by the role check (before validation).
-const POLICY = `apiVersion: keyward/v1
-kind: Policy
-rules:
-  - name: admins
-    identities: ["${ADMIN_ID}"]
-    roles: [ADMIN]
-    resources: ["**"]
-  - name: service
-    identities: ["${SERVICE_ID}"]
-    roles: [SERVICE]
-    resources: ["keys/open", "secrets/shop/**"]
-  - name: auditors
-    identities: ["${AUDITOR_ID}"]
-    roles: [AUDITOR]
-    resources: ["**"]
-`;
+const POLICY = policyText([
+  { name: "admins", identities: [ADMIN_ID], roles: ["ADMIN"], resources: ["**"] },
+  { name: "service", identities: [SERVICE_ID], roles: ["SERVICE"], resources: ["keys/open", "secrets/shop/**"] },
+  { name: "auditors", identities: [AUDITOR_ID], roles: ["AUDITOR"], resources: ["**"] },
+]);
 
 interface EventRow {
   sequence: string;
@@ -129,11 +117,7 @@ async function anonymousCredentials(): Promise<ClientCredentials> {
 }
 
 beforeAll(async () => {
-  keyward = await startTestKeyward(async (dataDir) => {
-    const policyFile = join(dataDir, "audit-policy.yaml");
-    await writeFile(policyFile, POLICY);
-    return { KEYWARD_POLICY_FILE: policyFile };
-  });
+  keyward = await startTestKeyward((dataDir) => policyFileEnv(dataDir, "audit-policy.yaml", POLICY));
   for (const name of ["admin", "service", "auditor"]) {
     credentials.set(name, await keyward.credentials(name));
   }

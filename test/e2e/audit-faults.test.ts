@@ -1,10 +1,8 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { randomBytes, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import { chmod, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
@@ -15,8 +13,9 @@ import { createChainVerifier, GENESIS_HASH } from "../../src/domain/audit/chain.
 import type { AuditEvent } from "../../src/domain/audit/event.js";
 import { AUDIT_EVENT_COLUMNS, auditEventFromRow, type AuditEventRow } from "../../src/storage/pg/audit-repository.js";
 import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "../../src/storage/pg/embedded.js";
-import { dropSchema } from "../helpers/database.js";
-import { startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { createScratch } from "../helpers/database.js";
+import { devCredentials, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { killServerProcesses, serveKeyward } from "../helpers/keyward-process.js";
 
 /**
  * The audit log under faults, read straight from the database with SQL and
@@ -29,92 +28,17 @@ import { startTestKeyward, type ClientCredentials, type TestKeyward } from "../h
  *   server continues the chain after the old head.
  */
 
-const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const SERVICE_ID = "spiffe://keyward.local/service";
 const GET_CALLER_IDENTITY = "/keyward.v1.AccessService/GetCallerIdentity";
 const ENCRYPT = "/keyward.v1.CryptoService/Encrypt";
 
 const databaseUrl = inject("databaseUrl");
-const dirs: string[] = [];
-const schemas: string[] = [];
-const children = new Set<ChildProcess>();
+const scratch = createScratch("keyward-audit-faults-");
 
 afterAll(async () => {
-  for (const child of children) {
-    child.kill("SIGKILL");
-  }
-  for (const schema of schemas.splice(0)) {
-    await dropSchema(databaseUrl, schema);
-  }
-  for (const dir of dirs.splice(0)) {
-    await rm(dir, { recursive: true, force: true });
-  }
+  killServerProcesses();
+  await scratch.cleanup();
 });
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "keyward-audit-faults-"));
-  dirs.push(dir);
-  return dir;
-}
-
-function freshSchema(): string {
-  const schema = `t_${randomBytes(8).toString("hex")}`;
-  schemas.push(schema);
-  return schema;
-}
-
-// ---------------------------------------------------------------------------
-// Server processes
-
-interface ServerProcess {
-  readonly child: ChildProcess;
-  readonly url: string;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  output(): string;
-}
-
-/** `keyward serve` as a child process; resolves once it logs "keyward listening". */
-async function serve(env: Record<string, string>): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", "serve"], {
-    cwd: REPO_ROOT,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KEYWARD_LISTEN: "127.0.0.1:0", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.add(child);
-  let out = "";
-  let err = "";
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once("exit", (code, signal) => {
-      children.delete(child);
-      resolve({ code, signal });
-    }),
-  );
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`keyward did not listen within 30 s\n${out}\n${err}`)), 30_000);
-    child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (err += chunk));
-    child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
-      out += chunk;
-      const match = /"msg":"keyward listening"/.test(out) ? /"address":"127\.0\.0\.1:(\d+)"/.exec(out) : null;
-      if (match) {
-        clearTimeout(timer);
-        resolve(Number(match[1]));
-      }
-    });
-    void exited.then(({ code, signal }) => {
-      clearTimeout(timer);
-      reject(new Error(`keyward exited (${code ?? signal}) before listening\n${out}\n${err}`));
-    });
-  });
-  return { child, url: `https://127.0.0.1:${port}`, exited, output: () => `${out}\n${err}` };
-}
-
-async function devCredentials(dataDir: string, name: string): Promise<ClientCredentials> {
-  const pki = join(dataDir, "pki");
-  const [ca, cert, key] = await Promise.all(
-    ["ca.crt", `${name}.crt`, `${name}.key`].map((file) => readFile(join(pki, file))),
-  );
-  return { ca: ca!, cert: cert!, key: key! };
-}
 
 // ---------------------------------------------------------------------------
 // Calls
@@ -232,16 +156,16 @@ const notExactlyOnce = (chain: Chain, wanted: readonly string[]) =>
 
 describe("three server processes on one database", () => {
   it("append to one chain under concurrent load: no fork, no gap, every call exactly once", async () => {
-    const dataDir = await tempDir();
+    const dataDir = await scratch.tempDir();
     const env = {
       KEYWARD_DATA_DIR: dataDir,
       DATABASE_URL: databaseUrl,
-      KEYWARD_DB_SCHEMA: freshSchema(),
+      KEYWARD_DB_SCHEMA: scratch.freshSchema(),
       KEYWARD_DB_POOL_MAX: "2",
     };
     // The first creates the dev PKI, policy and root key; the others share them.
-    const first = await serve(env);
-    const servers = [first, ...(await Promise.all([serve(env), serve(env)]))];
+    const first = await serveKeyward(env);
+    const servers = [first, ...(await Promise.all([serveKeyward(env), serveKeyward(env)]))];
     const service = await devCredentials(dataDir, "service");
     const admin = await devCredentials(dataDir, "admin");
 
@@ -481,10 +405,10 @@ describe("fail-closed when the database is unavailable", () => {
 
 describe("kill -9 under load", () => {
   it("keeps the event of every call that answered OK, and a new server continues the chain without a gap", async () => {
-    const dataDir = await tempDir();
-    const schema = freshSchema();
+    const dataDir = await scratch.tempDir();
+    const schema = scratch.freshSchema();
     const env = { KEYWARD_DATA_DIR: dataDir, DATABASE_URL: databaseUrl, KEYWARD_DB_SCHEMA: schema };
-    const server = await serve(env);
+    const server = await serveKeyward(env);
     const c = clients(server.url, await devCredentials(dataDir, "service"));
 
     // 48 callers in a loop until the process dies.
@@ -528,7 +452,7 @@ describe("kill -9 under load", () => {
     expect(notExactlyOnce(before, answered)).toEqual([]);
 
     // A new server on the same schema appends after the old head.
-    const again = await serve(env);
+    const again = await serveKeyward(env);
     const c2 = clients(again.url, await devCredentials(dataDir, "service"));
     const outcomes = await pooled(identityCalls(c2, "after-restart", 50), 10);
     expect(codeCounts(outcomes)).toEqual({ 0: 50 });

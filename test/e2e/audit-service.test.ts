@@ -16,7 +16,7 @@ import { checkpointPayload, publicKeyId, verifyCheckpoint } from "../../src/doma
 import { startKeyward, type RunningKeyward } from "../../src/main.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { connectClient } from "../helpers/clients.js";
-import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
+import { startTestKeyward, testKeywardEnv, type TestKeyward } from "../helpers/keyward.js";
 
 const ADMIN = "spiffe://keyward.local/admin";
 const SERVICE = "spiffe://keyward.local/service";
@@ -416,10 +416,7 @@ describe("AuditService over mTLS", () => {
   it("a second replica on the same database shares the key, and tails see each other's events", async () => {
     const replica: RunningKeyward = await startKeyward(
       loadConfig({
-        KEYWARD_LISTEN: "127.0.0.1:0",
-        KEYWARD_DATA_DIR: keyward.dataDir,
-        DATABASE_URL: inject("databaseUrl"),
-        KEYWARD_DB_SCHEMA: keyward.schema,
+        ...testKeywardEnv(keyward.dataDir, keyward.schema),
         KEYWARD_DB_POOL_MAX: "2",
         KEYWARD_SHUTDOWN_GRACE_MS: "500",
       }),

@@ -1,16 +1,16 @@
 import { createHash, randomBytes } from "node:crypto";
-import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import type pg from "pg";
 import { CryptoService, DataKeySpec } from "../../gen/keyward/v1/crypto_pb.js";
 import { KeyAlgorithm, KeyPurpose, KeysService, KeyState } from "../../gen/keyward/v1/keys_pb.js";
 import { crc32c } from "../../src/crypto/crc32c.js";
-import { devPkiPaths, devSpiffeId, issueCertificate, loadDevCertificateAuthority } from "../../src/dev/pki.js";
+import { devSpiffeId } from "../../src/dev/pki.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { connectClient } from "../helpers/clients.js";
-import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
+import { expectFailure, failure } from "../helpers/expect.js";
+import { issueDevClient, policyFileEnv, startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
+import { policyText } from "../helpers/policy.js";
 
 /*
  * Every CryptoService RPC over real mTLS against a real PostgreSQL. The
@@ -22,22 +22,11 @@ import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
 const DECRYPTION_FAILED = "decryption failed";
 const MAX_PLAINTEXT = 262_144;
 
-const POLICY = `apiVersion: keyward/v1
-kind: Policy
-rules:
-  - name: admins
-    identities: ["${devSpiffeId("admin")}"]
-    roles: [ADMIN]
-    resources: ["**"]
-  - name: service
-    identities: ["${devSpiffeId("service")}"]
-    roles: [SERVICE]
-    resources: ["**"]
-  - name: narrow
-    identities: ["${devSpiffeId("narrow")}"]
-    roles: [SERVICE]
-    resources: ["keys/narrow-*"]
-`;
+const POLICY = policyText([
+  { name: "admins", identities: [devSpiffeId("admin")], roles: ["ADMIN"], resources: ["**"] },
+  { name: "service", identities: [devSpiffeId("service")], roles: ["SERVICE"], resources: ["**"] },
+  { name: "narrow", identities: [devSpiffeId("narrow")], roles: ["SERVICE"], resources: ["keys/narrow-*"] },
+]);
 
 let keyward: TestKeyward;
 let admin: Client<typeof KeysService>;
@@ -47,18 +36,9 @@ let db: pg.Pool;
 
 beforeAll(async () => {
   keyward = await startTestKeyward(async (dataDir) => {
-    const pki = devPkiPaths(join(dataDir, "pki"));
-    const issued = await issueCertificate(await loadDevCertificateAuthority(pki.dir), {
-      commonName: "narrow",
-      usage: "client",
-      spiffeId: devSpiffeId("narrow"),
-    });
-    await writeFile(pki.client("narrow").cert, issued.certPem);
-    await writeFile(pki.client("narrow").key, issued.keyPem, { mode: 0o600 });
-    const policyFile = join(dataDir, "crypto-policy.yaml");
-    await writeFile(policyFile, POLICY);
+    await issueDevClient(dataDir, "narrow", devSpiffeId("narrow"));
     return {
-      KEYWARD_POLICY_FILE: policyFile,
+      ...(await policyFileEnv(dataDir, "crypto-policy.yaml", POLICY)),
       // Short enough that a scheduled deletion completes within the test.
       KEYWARD_KEY_MIN_PENDING_WINDOW_MS: "1000",
       KEYWARD_KEY_SCHEDULER_INTERVAL_MS: "200",
@@ -123,21 +103,6 @@ async function rotate(name: string): Promise<string> {
     expect(await probe()).toBe(primary);
   });
   return primary;
-}
-
-/** The error a call fails with; fails the test when the call succeeds. */
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail, but it succeeded");
-}
-
-async function expectFailure(call: Promise<unknown>, code: Code, message: string): Promise<void> {
-  const err = await failure(call);
-  expect({ code: Code[err.code], message: err.rawMessage }).toEqual({ code: Code[code], message });
 }
 
 /** The one answer to any ciphertext that does not open. */

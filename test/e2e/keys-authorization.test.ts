@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, type DescMethod, type DescService } from "@bufbuild/protobuf";
@@ -14,7 +14,8 @@ import type { Role } from "../../src/domain/authz/roles.js";
 import { devSpiffeId } from "../../src/dev/pki.js";
 import { PERMISSIONS } from "../../src/server/permissions.js";
 import { createPool } from "../../src/storage/pg/pool.js";
-import { startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { policyFileEnv, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { policyText } from "../helpers/policy.js";
 
 /**
  * Every KeysService and CryptoService RPC, called by four callers under one
@@ -40,22 +41,11 @@ const ADMIN_ID = devSpiffeId("admin");
 const SERVICE_ID = devSpiffeId("service");
 const AUDITOR_ID = devSpiffeId("auditor");
 
-const POLICY = `apiVersion: keyward/v1
-kind: Policy
-rules:
-  - name: admin-everything
-    identities: ["${ADMIN_ID}"]
-    roles: [ADMIN]
-    resources: ["**"]
-  - name: service-app-keys
-    identities: ["${SERVICE_ID}"]
-    roles: [SERVICE]
-    resources: ["keys/app-*"]
-  - name: auditor-everything
-    identities: ["${AUDITOR_ID}"]
-    roles: [AUDITOR]
-    resources: ["**"]
-`;
+const POLICY = policyText([
+  { name: "admin-everything", identities: [ADMIN_ID], roles: ["ADMIN"], resources: ["**"] },
+  { name: "service-app-keys", identities: [SERVICE_ID], roles: ["SERVICE"], resources: ["keys/app-*"] },
+  { name: "auditor-everything", identities: [AUDITOR_ID], roles: ["AUDITOR"], resources: ["**"] },
+]);
 
 interface Column {
   readonly label: string;
@@ -211,9 +201,7 @@ describe("KeysService and CryptoService authorization under a policy file", () =
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), "keyward-keys-authz-"));
-    const policyFile = join(dir, "policy.yaml");
-    await writeFile(policyFile, POLICY);
-    keyward = await startTestKeyward({ KEYWARD_POLICY_FILE: policyFile });
+    keyward = await startTestKeyward(await policyFileEnv(dir, "policy.yaml", POLICY));
     sql = createPool({ connectionString: inject("databaseUrl"), schema: keyward.schema, max: 2, applicationName: "keyward-test" });
     for (const name of ["admin", "service", "auditor"]) {
       credentials.set(name, await keyward.credentials(name));

@@ -1,5 +1,5 @@
 import { constants, createPrivateKey, createPublicKey, verify as verifySignature } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -25,12 +25,13 @@ import { loadConfig } from "../../src/config.js";
 import { REDACT_PATHS } from "../../src/log.js";
 import { unwrapKey } from "../../src/crypto/key-wrap.js";
 import { parseRootKey } from "../../src/crypto/root-key.js";
-import { issueCertificate, loadDevCertificateAuthority } from "../../src/dev/pki.js";
 import { materialBinding } from "../../src/domain/keys/material.js";
 import { startKeyward, type RunningKeyward } from "../../src/main.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { connectClient } from "../helpers/clients.js";
-import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
+import { eventually, expectFailure, expectViolation, failure } from "../helpers/expect.js";
+import { issueDevClient, policyFileEnv, startTestKeyward, testKeywardEnv, type TestKeyward } from "../helpers/keyward.js";
+import { policyText } from "../helpers/policy.js";
 
 /**
  * Every KeysService RPC end to end: real mTLS, real PostgreSQL, the real
@@ -46,31 +47,13 @@ const LISTER = "spiffe://keyward.local/lister";
 // The dev identities keep their one role everywhere; "lister" may list keys
 // and read those named list-a*, except list-a3 (deny wins), so ListKeys can
 // be shown to list only what the caller is granted, gaps and all.
-const POLICY = `apiVersion: keyward/v1
-kind: Policy
-rules:
-  - name: admin
-    identities: ["spiffe://keyward.local/admin"]
-    roles: [ADMIN]
-    resources: ["**"]
-  - name: service
-    identities: ["spiffe://keyward.local/service"]
-    roles: [SERVICE]
-    resources: ["**"]
-  - name: auditor
-    identities: ["spiffe://keyward.local/auditor"]
-    roles: [AUDITOR]
-    resources: ["**"]
-  - name: lister-team-a
-    identities: ["${LISTER}"]
-    roles: [AUDITOR]
-    resources: ["keys", "keys/list-a*"]
-  - name: lister-not-a3
-    effect: deny
-    identities: ["${LISTER}"]
-    roles: [AUDITOR]
-    resources: ["keys/list-a3"]
-`;
+const POLICY = policyText([
+  { name: "admin", identities: ["spiffe://keyward.local/admin"], roles: ["ADMIN"], resources: ["**"] },
+  { name: "service", identities: ["spiffe://keyward.local/service"], roles: ["SERVICE"], resources: ["**"] },
+  { name: "auditor", identities: ["spiffe://keyward.local/auditor"], roles: ["AUDITOR"], resources: ["**"] },
+  { name: "lister-team-a", identities: [LISTER], roles: ["AUDITOR"], resources: ["keys", "keys/list-a*"] },
+  { name: "lister-not-a3", effect: "deny", identities: [LISTER], roles: ["AUDITOR"], resources: ["keys/list-a3"] },
+]);
 
 const DAY_MS = 86_400_000;
 const HOUR = { seconds: BigInt(3600), nanos: 0 };
@@ -89,46 +72,6 @@ const ALGORITHMS: ReadonlyArray<readonly [KeyPurpose, KeyAlgorithm]> = [
 ];
 
 const algorithmKeyId = (algorithm: KeyAlgorithm) => `alg-${KeyAlgorithm[algorithm].toLowerCase().replaceAll("_", "-")}`;
-
-/** The error a call fails with; fails the test when the call succeeds. */
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("the call succeeded, a failure was expected");
-}
-
-/** The call fails with exactly this code and message. */
-async function expectFailure(call: Promise<unknown>, code: Code, message: string): Promise<void> {
-  const err = await failure(call);
-  expect({ code: Code[err.code], message: err.rawMessage }).toEqual({ code: Code[code], message });
-}
-
-/** The call is refused by request validation, with a Violations detail carrying `ruleId`. */
-async function expectViolation(call: Promise<unknown>, ruleId: string, message: string): Promise<void> {
-  const err = await failure(call);
-  expect({ code: Code[err.code], message: err.rawMessage }).toEqual({ code: Code[Code.InvalidArgument], message });
-  const rules = err.findDetails(ViolationsSchema).flatMap((v) => v.violations.map((violation) => violation.ruleId));
-  expect(rules).toContain(ruleId);
-}
-
-/** Polls `probe` until `accept` holds, or fails naming the last value seen. */
-async function eventually<T>(probe: () => Promise<T>, accept: (value: T) => boolean, timeoutMs: number, what: string): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (accept(value)) {
-      return value;
-    }
-    if (Date.now() > deadline) {
-      const shown = JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? String(v) : v));
-      throw new Error(`${what}: not within ${timeoutMs} ms; last seen ${shown}`);
-    }
-    await sleep(100);
-  }
-}
 
 /**
  * Crypto calls read keys through each server's cache, which drops a key when
@@ -200,18 +143,9 @@ describe("KeysService lifecycle over mTLS", () => {
 
   beforeAll(async () => {
     keyward = await startTestKeyward(async (dataDir) => {
-      const pkiDir = join(dataDir, "pki");
-      const issued = await issueCertificate(await loadDevCertificateAuthority(pkiDir), {
-        commonName: "lister",
-        usage: "client",
-        spiffeId: LISTER,
-      });
-      await writeFile(join(pkiDir, "lister.crt"), issued.certPem);
-      await writeFile(join(pkiDir, "lister.key"), issued.keyPem, { mode: 0o600 });
-      const policyFile = join(dataDir, "lifecycle-policy.yaml");
-      await writeFile(policyFile, POLICY);
+      await issueDevClient(dataDir, "lister", LISTER);
       return {
-        KEYWARD_POLICY_FILE: policyFile,
+        ...(await policyFileEnv(dataDir, "lifecycle-policy.yaml", POLICY)),
         KEYWARD_KEY_MIN_PENDING_WINDOW_MS: "1000",
         KEYWARD_KEY_SCHEDULER_INTERVAL_MS: "200",
       };
@@ -1070,17 +1004,11 @@ describe("KeysService lifecycle over mTLS", () => {
       // Same data folder (dev PKI, dev root key) and schema; its own policy
       // file and the default 1-day minimum pending window, but the same
       // scheduler interval, so the two schedulers race.
-      const policyFile = join(secondDir, "policy.yaml");
-      await writeFile(policyFile, POLICY);
       second = await startKeyward(
         loadConfig({
-          KEYWARD_LISTEN: "127.0.0.1:0",
-          KEYWARD_DATA_DIR: keyward.dataDir,
-          DATABASE_URL: inject("databaseUrl"),
-          KEYWARD_DB_SCHEMA: keyward.schema,
-          KEYWARD_DB_POOL_MAX: "4",
+          ...testKeywardEnv(keyward.dataDir, keyward.schema),
           KEYWARD_SHUTDOWN_GRACE_MS: "1000",
-          KEYWARD_POLICY_FILE: policyFile,
+          ...(await policyFileEnv(secondDir, "policy.yaml", POLICY)),
           KEYWARD_KEY_SCHEDULER_INTERVAL_MS: "200",
         }),
         pino({ level: "info", redact: { paths: REDACT_PATHS, censor: "[redacted]" } }, sink),

@@ -1,11 +1,6 @@
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -13,8 +8,10 @@ import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys_pb.js";
 import { CHANGES_CHANNEL } from "../../src/storage/pg/change-feed.js";
 import { createPool } from "../../src/storage/pg/pool.js";
-import { dropSchema } from "../helpers/database.js";
-import type { ClientCredentials } from "../helpers/keyward.js";
+import { createScratch } from "../helpers/database.js";
+import { outcome, type Outcome } from "../helpers/expect.js";
+import { devCredentials, type ClientCredentials } from "../helpers/keyward.js";
+import { killServerProcesses, serveKeyward, type ServerProcess } from "../helpers/keyward-process.js";
 
 /**
  * Two `keyward serve` processes on one database schema, the way replicas
@@ -26,65 +23,10 @@ import type { ClientCredentials } from "../helpers/keyward.js";
  * old state.
  */
 
-const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const INVALIDATION_BOUND_MS = 1000;
 
 const databaseUrl = inject("databaseUrl");
-const children = new Set<ChildProcess>();
-let dataDir: string | undefined;
-let schema: string | undefined;
-
-// ---------------------------------------------------------------------------
-// Server processes (as in audit-faults.test.ts)
-
-interface ServerProcess {
-  readonly child: ChildProcess;
-  readonly url: string;
-  output(): string;
-}
-
-/** `keyward serve` as a child process; resolves once it logs "keyward listening". */
-async function serve(env: Record<string, string>): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", "serve"], {
-    cwd: REPO_ROOT,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KEYWARD_LISTEN: "127.0.0.1:0", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.add(child);
-  let out = "";
-  let err = "";
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once("exit", (code, signal) => {
-      children.delete(child);
-      resolve({ code, signal });
-    }),
-  );
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`keyward did not listen within 30 s\n${out}\n${err}`)), 30_000);
-    child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (err += chunk));
-    child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
-      out += chunk;
-      const match = /"msg":"keyward listening"/.test(out) ? /"address":"127\.0\.0\.1:(\d+)"/.exec(out) : null;
-      if (match) {
-        clearTimeout(timer);
-        resolve(Number(match[1]));
-      }
-    });
-    void exited.then(({ code, signal }) => {
-      clearTimeout(timer);
-      reject(new Error(`keyward exited (${code ?? signal}) before listening\n${out}\n${err}`));
-    });
-  });
-  return { child, url: `https://127.0.0.1:${port}`, output: () => `${out}\n${err}` };
-}
-
-async function devCredentials(dir: string, name: string): Promise<ClientCredentials> {
-  const pki = join(dir, "pki");
-  const [ca, cert, key] = await Promise.all(
-    ["ca.crt", `${name}.crt`, `${name}.key`].map((file) => readFile(join(pki, file))),
-  );
-  return { ca: ca!, cert: cert!, key: key! };
-}
+const scratch = createScratch("keyward-keys-replicas-");
 
 interface Replica {
   readonly keys: Client<typeof KeysService>;
@@ -100,21 +42,6 @@ function replica(url: string, admin: ClientCredentials, service: ClientCredentia
 
 // ---------------------------------------------------------------------------
 // Outcomes and timing
-
-interface Outcome<T> {
-  readonly code: Code | 0;
-  readonly message: string;
-  readonly value?: T;
-}
-
-async function outcome<T>(call: Promise<T>): Promise<Outcome<T>> {
-  try {
-    return { code: 0, message: "", value: await call };
-  } catch (err) {
-    const error = ConnectError.from(err);
-    return { code: error.code, message: error.rawMessage };
-  }
-}
 
 const describeOutcome = (o: Outcome<unknown>) => `${o.code === 0 ? "OK" : Code[o.code]} ${o.message}`;
 
@@ -164,12 +91,12 @@ describe("key cache invalidation across two server processes", () => {
   let sql: pg.Pool;
 
   beforeAll(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), "keyward-keys-replicas-"));
-    schema = `t_${randomBytes(8).toString("hex")}`;
+    const dataDir = await scratch.tempDir();
+    const schema = scratch.freshSchema();
     const env = { KEYWARD_DATA_DIR: dataDir, DATABASE_URL: databaseUrl, KEYWARD_DB_SCHEMA: schema, KEYWARD_DB_POOL_MAX: "4" };
     // The first creates the dev PKI and root key in the shared data folder; the second uses them.
-    a = await serve(env);
-    b = await serve(env);
+    a = await serveKeyward(env);
+    b = await serveKeyward(env);
     const admin = await devCredentials(dataDir, "admin");
     const service = await devCredentials(dataDir, "service");
     onA = replica(a.url, admin, service);
@@ -178,12 +105,9 @@ describe("key cache invalidation across two server processes", () => {
   }, 60_000);
 
   afterAll(async () => {
-    for (const child of children) {
-      child.kill("SIGKILL");
-    }
+    killServerProcesses();
     await sql?.end();
-    if (schema !== undefined) await dropSchema(databaseUrl, schema);
-    if (dataDir !== undefined) await rm(dataDir, { recursive: true, force: true });
+    await scratch.cleanup();
     // Shown with the test output, so a run records the delays it measured.
     console.info(`keys-replicas: invalidation delays on replica B (ms after A answered): ${JSON.stringify(measured)}`);
   });

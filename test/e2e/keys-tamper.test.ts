@@ -1,11 +1,12 @@
 import { createHmac, createPublicKey, generateKeyPairSync, randomBytes, verify } from "node:crypto";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { Code, type Client } from "@connectrpc/connect";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys_pb.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { connectClient } from "../helpers/clients.js";
+import { outcome, type Outcome } from "../helpers/expect.js";
 import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
 
 /**
@@ -52,21 +53,6 @@ function expectNoBytes(text: string, what: string): void {
         throw new Error(`${what} contains "${fragment}", an encoding of stored key material`);
       }
     }
-  }
-}
-
-interface Outcome<T> {
-  readonly code: Code | 0;
-  readonly message: string;
-  readonly value?: T;
-}
-
-async function outcome<T>(call: Promise<T>): Promise<Outcome<T>> {
-  try {
-    return { code: 0, message: "", value: await call };
-  } catch (err) {
-    const error = ConnectError.from(err);
-    return { code: error.code, message: error.rawMessage };
   }
 }
 

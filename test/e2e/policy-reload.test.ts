@@ -8,33 +8,11 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { AccessService, GrantEffect, Role, type GetCallerIdentityResponse } from "../../gen/keyward/v1/access_pb.js";
 import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { connectClient } from "../helpers/clients.js";
+import { eventually } from "../helpers/expect.js";
+import { policyText, type PolicyRule } from "../helpers/policy.js";
 import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
 
 const SERVICE_ID = "spiffe://keyward.local/service";
-
-/** A policy file, built from rules, as an operator would write it. */
-interface RuleSpec {
-  name: string;
-  effect?: "allow" | "deny";
-  identities: string[];
-  roles: string[];
-  resources: string[];
-}
-
-function policyText(rules: RuleSpec[]): string {
-  const list = (values: string[]) => `[${values.map((v) => JSON.stringify(v)).join(", ")}]`;
-  const body = rules
-    .map(
-      (rule) =>
-        `  - name: ${rule.name}\n` +
-        (rule.effect ? `    effect: ${rule.effect}\n` : "") +
-        `    identities: ${list(rule.identities)}\n` +
-        `    roles: ${list(rule.roles)}\n` +
-        `    resources: ${list(rule.resources)}\n`,
-    )
-    .join("");
-  return `apiVersion: keyward/v1\nkind: Policy\nrules:\n${body}`;
-}
 
 const sha256 = (text: string) => createHash("sha256").update(text).digest("hex");
 
@@ -43,22 +21,6 @@ async function replaceFile(file: string, text: string): Promise<void> {
   const temporary = `${file}.${process.pid}.tmp`;
   await writeFile(temporary, text);
   await rename(temporary, file);
-}
-
-/** Polls `probe` until `accept` holds, or fails with the last value seen. */
-async function eventually<T>(probe: () => Promise<T>, accept: (value: T) => boolean, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T;
-  for (;;) {
-    last = await probe();
-    if (accept(last)) {
-      return last;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`condition not met within ${timeoutMs} ms; last value: ${JSON.stringify(last, (_k, v) => (typeof v === "bigint" ? String(v) : v))}`);
-    }
-    await sleep(100);
-  }
 }
 
 /** The code a call ends with: "ok" or the ConnectError code. */
@@ -72,9 +34,9 @@ async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
   }
 }
 
-const SERVICE_ON_KEYS: RuleSpec = { name: "service-keys", identities: [SERVICE_ID], roles: ["SERVICE"], resources: ["keys/**"] };
-const ADMIN_ON_ALL: RuleSpec = { name: "admin-all", identities: ["spiffe://keyward.local/admin"], roles: ["ADMIN"], resources: ["**"] };
-const NO_HR_KEYS: RuleSpec = { name: "no-hr-keys", effect: "deny", identities: [SERVICE_ID], roles: ["SERVICE"], resources: ["keys/hr-*"] };
+const SERVICE_ON_KEYS: PolicyRule = { name: "service-keys", identities: [SERVICE_ID], roles: ["SERVICE"], resources: ["keys/**"] };
+const ADMIN_ON_ALL: PolicyRule = { name: "admin-all", identities: ["spiffe://keyward.local/admin"], roles: ["ADMIN"], resources: ["**"] };
+const NO_HR_KEYS: PolicyRule = { name: "no-hr-keys", effect: "deny", identities: [SERVICE_ID], roles: ["SERVICE"], resources: ["keys/hr-*"] };
 
 describe("policy file reload", () => {
   let dir: string;
@@ -114,7 +76,7 @@ describe("policy file reload", () => {
     // 2. Add a deny rule: seen by GetCallerIdentity and enforced by authorization.
     const withDeny = policyText([SERVICE_ON_KEYS, NO_HR_KEYS, ADMIN_ON_ALL]);
     await replaceFile(policyFile, withDeny);
-    me = await eventually(whoAmI, (r) => r.policyDigest === sha256(withDeny), 3_000);
+    me = await eventually(whoAmI, (r) => r.policyDigest === sha256(withDeny), 3_000, "the digest of the policy with the deny rule");
     expect(me.roles).toEqual([Role.SERVICE]);
     expect(me.grants.map((g) => ({ role: g.role, effect: g.effect, resources: g.resourcePatterns }))).toEqual([
       { role: Role.SERVICE, effect: GrantEffect.ALLOW, resources: ["keys/**"] },
@@ -126,7 +88,7 @@ describe("policy file reload", () => {
     // 3. Remove the grant: the service holds no role any more.
     const withoutGrant = policyText([ADMIN_ON_ALL]);
     await replaceFile(policyFile, withoutGrant);
-    me = await eventually(whoAmI, (r) => r.policyDigest === sha256(withoutGrant), 3_000);
+    me = await eventually(whoAmI, (r) => r.policyDigest === sha256(withoutGrant), 3_000, "the digest of the policy without the grant");
     expect(me.roles).toEqual([]);
     expect(me.grants).toEqual([]);
     expect(await encrypt("keys/orders")).toBe(Code.PermissionDenied);
@@ -142,6 +104,7 @@ describe("policy file reload", () => {
       async () => logsWith("policy reload failed; the previous policy stays in force"),
       (entries) => entries.length > failuresBefore,
       3_000,
+      "a logged reload failure",
     );
     expect(failure.at(-1)).toMatchObject({ level: 50, policyFile });
     expect(failure.at(-1)!.error).toMatch(new RegExp(`^${policyFile.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: line 7: invalid YAML`));
@@ -156,7 +119,7 @@ describe("policy file reload", () => {
     // 5. The fix is picked up.
     const fixed = policyText([SERVICE_ON_KEYS, ADMIN_ON_ALL]).replace("service-keys", "service-keys-again");
     await replaceFile(policyFile, fixed);
-    me = await eventually(whoAmI, (r) => r.policyDigest === sha256(fixed), 3_000);
+    me = await eventually(whoAmI, (r) => r.policyDigest === sha256(fixed), 3_000, "the digest of the fixed policy");
     expect(me.roles).toEqual([Role.SERVICE]);
     expect(await encrypt("keys/orders")).toBe(Code.NotFound);
   });

@@ -1,11 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { readdir, stat, writeFile } from "node:fs/promises";
 import type { ClientHttp2Session, ClientHttp2Stream } from "node:http2";
 import { connect as tcpConnect } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import pg from "pg";
@@ -13,14 +11,14 @@ import { afterEach, describe, expect, inject, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { AccessService, IdentitySource } from "../../gen/keyward/v1/access_pb.js";
 import { connectClient } from "../helpers/clients.js";
-import { dropSchema } from "../helpers/database.js";
-import { startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { createScratch } from "../helpers/database.js";
+import { devCredentials, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { REPO_ROOT } from "../helpers/keyward-process.js";
 import type {} from "../setup/global-database.js";
 
 /** The session manager interface the transports accept (not exported by name). */
 type SessionManager = NonNullable<Parameters<typeof createGrpcTransport>[0]["sessionManager"]>;
 
-const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const GET_CALLER_IDENTITY = "/keyward.v1.AccessService/GetCallerIdentity";
 
 type LogEntry = Record<string, unknown> & { msg?: string; level?: string };
@@ -38,20 +36,7 @@ interface KeywardProcess {
 }
 
 const processes = new Set<KeywardProcess>();
-const dirs: string[] = [];
-const schemas: string[] = [];
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "keyward-e2e-"));
-  dirs.push(dir);
-  return dir;
-}
-
-function freshSchema(): string {
-  const schema = `t_${randomBytes(8).toString("hex")}`;
-  schemas.push(schema);
-  return schema;
-}
+const scratch = createScratch("keyward-e2e-");
 
 /** `node --import tsx src/cli.ts <args>` from the repository root, with exactly `env` (plus PATH). */
 function runKeyward(args: string[], env: Record<string, string>): KeywardProcess {
@@ -124,11 +109,11 @@ function runKeyward(args: string[], env: Record<string, string>): KeywardProcess
 
 /** `keyward serve` on a free port, on the test PostgreSQL in a fresh schema; resolves once it listens. */
 async function serve(env: Record<string, string> = {}): Promise<{ keyward: KeywardProcess; dataDir: string; port: number; url: string }> {
-  const dataDir = await tempDir();
+  const dataDir = await scratch.tempDir();
   const keyward = runKeyward(["serve"], {
     KEYWARD_DATA_DIR: dataDir,
     DATABASE_URL: inject("databaseUrl"),
-    KEYWARD_DB_SCHEMA: freshSchema(),
+    KEYWARD_DB_SCHEMA: scratch.freshSchema(),
     KEYWARD_LISTEN: "127.0.0.1:0",
     ...env,
   });
@@ -136,16 +121,6 @@ async function serve(env: Record<string, string> = {}): Promise<{ keyward: Keywa
   const port = Number(/:(\d+)$/.exec(String(listening.address))?.[1]);
   expect(port).toBeGreaterThan(0);
   return { keyward, dataDir, port, url: `https://127.0.0.1:${port}` };
-}
-
-async function devCredentials(dataDir: string, name: string): Promise<ClientCredentials> {
-  const pki = join(dataDir, "pki");
-  const [ca, cert, key] = await Promise.all([
-    readFile(join(pki, "ca.crt")),
-    readFile(join(pki, `${name}.crt`)),
-    readFile(join(pki, `${name}.key`)),
-  ]);
-  return { ca, cert, key };
 }
 
 /** Resolves with the error code of a plain TCP connect ("connected" if it succeeds). */
@@ -207,13 +182,7 @@ afterEach(async () => {
     running.child.kill("SIGKILL");
     await running.exited;
   }
-  const databaseUrl = inject("databaseUrl");
-  for (const schema of schemas.splice(0)) {
-    await dropSchema(databaseUrl, schema);
-  }
-  for (const dir of dirs.splice(0)) {
-    await rm(dir, { recursive: true, force: true });
-  }
+  await scratch.cleanup();
 });
 
 describe("keyward serve as a process", () => {
@@ -329,7 +298,7 @@ describe("keyward serve as a process", () => {
 
 describe("keyward serve refuses a bad configuration", () => {
   it("KEYWARD_LISTEN=nonsense: exit 2, the message names the variable, nothing is created", async () => {
-    const dataDir = await tempDir();
+    const dataDir = await scratch.tempDir();
     const keyward = runKeyward(["serve"], { KEYWARD_DATA_DIR: dataDir, KEYWARD_LISTEN: "nonsense" });
     expect(await keyward.exited).toEqual({ code: 2, signal: null });
     expect(keyward.stderr()).toMatch(/^keyward: KEYWARD_LISTEN must be host:port/);
@@ -338,7 +307,7 @@ describe("keyward serve refuses a bad configuration", () => {
   });
 
   it("KEYWARD_ROOT_KEY not base64: exit 2, the message names the variable and never echoes the value", async () => {
-    const dataDir = await tempDir();
+    const dataDir = await scratch.tempDir();
     const secret = `kw_live-${randomBytes(16).toString("hex")}`;
     expect(secret).toHaveLength(40);
     const keyward = runKeyward(["serve"], { KEYWARD_DATA_DIR: dataDir, KEYWARD_ROOT_KEY: secret });
@@ -351,7 +320,7 @@ describe("keyward serve refuses a bad configuration", () => {
   });
 
   it("a policy file with an unknown role on line 6: non-zero exit, the fatal line names the file and line 6", async () => {
-    const dir = await tempDir();
+    const dir = await scratch.tempDir();
     const policyFile = join(dir, "policy.yaml");
     await writeFile(
       policyFile,
@@ -369,7 +338,7 @@ describe("keyward serve refuses a bad configuration", () => {
     const keyward = runKeyward(["serve"], {
       KEYWARD_DATA_DIR: join(dir, "data"),
       DATABASE_URL: inject("databaseUrl"),
-      KEYWARD_DB_SCHEMA: freshSchema(),
+      KEYWARD_DB_SCHEMA: scratch.freshSchema(),
       KEYWARD_LISTEN: "127.0.0.1:0",
       KEYWARD_POLICY_FILE: policyFile,
     });
@@ -408,7 +377,7 @@ describe("keyward dev-pki issue", () => {
   });
 
   it("fails with a hint when there is no dev CA yet", async () => {
-    const dataDir = await tempDir();
+    const dataDir = await scratch.tempDir();
     const cli = runKeyward(["dev-pki", "issue", "build-bot", "--cn-only"], { KEYWARD_DATA_DIR: dataDir });
     expect(await cli.exited).toEqual({ code: 1, signal: null });
     expect(cli.stderr()).toContain(`no dev CA in ${join(dataDir, "pki")}`);
@@ -418,8 +387,8 @@ describe("keyward dev-pki issue", () => {
 describe("keyward migrate", () => {
   it("creates the tables in a fresh schema, then reports it up to date", async () => {
     const databaseUrl = inject("databaseUrl");
-    const schema = freshSchema();
-    const env = { KEYWARD_DATA_DIR: await tempDir(), DATABASE_URL: databaseUrl, KEYWARD_DB_SCHEMA: schema };
+    const schema = scratch.freshSchema();
+    const env = { KEYWARD_DATA_DIR: await scratch.tempDir(), DATABASE_URL: databaseUrl, KEYWARD_DB_SCHEMA: schema };
 
     const first = runKeyward(["migrate"], env);
     expect(await first.exited).toEqual({ code: 0, signal: null });

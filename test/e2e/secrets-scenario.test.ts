@@ -1,6 +1,4 @@
 import { randomBytes } from "node:crypto";
-import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type pg from "pg";
@@ -9,7 +7,8 @@ import { AccessService } from "../../gen/keyward/v1/access_pb.js";
 import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
 import { devSpiffeId, issueCertificate, loadDevCertificateAuthority } from "../../src/dev/pki.js";
 import { createPool } from "../../src/storage/pg/pool.js";
-import { startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { policyFileEnv, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
+import { policyText } from "../helpers/policy.js";
 
 /**
  * Three services of one product share Keyward's secrets, each under its own
@@ -51,22 +50,10 @@ const RULES: readonly Rule[] = [
 const IDENTITIES = ["newsbot-api", "newsbot-worker", "newsbot-scheduler"] as const;
 type Identity = (typeof IDENTITIES)[number];
 
-const POLICY = [
-  "apiVersion: keyward/v1",
-  "kind: Policy",
-  "rules:",
-  "  - name: admin-manages-everything",
-  `    identities: ["${ADMIN_ID}"]`,
-  "    roles: [ADMIN]",
-  '    resources: ["**"]',
-  ...RULES.flatMap((rule) => [
-    `  - name: ${rule.name}`,
-    `    identities: ["${TRUST}/${rule.identity}"]`,
-    "    roles: [SERVICE]",
-    `    resources: [${rule.resources.map((r) => `"${r}"`).join(", ")}]`,
-  ]),
-  "",
-].join("\n");
+const POLICY = policyText([
+  { name: "admin-manages-everything", identities: [ADMIN_ID], roles: ["ADMIN"], resources: ["**"] },
+  ...RULES.map((rule) => ({ name: rule.name, identities: [`${TRUST}/${rule.identity}`], roles: ["SERVICE" as const], resources: rule.resources })),
+]);
 
 /** Every secret the admin creates, with why it is in the matrix. */
 const SECRETS: ReadonlyArray<readonly [name: string, why: string]> = [
@@ -136,11 +123,7 @@ describe("newsbot: three services, one policy file, real mTLS", () => {
   const secrets = (who: string) => secretsClient.get(who)!;
 
   beforeAll(async () => {
-    keyward = await startTestKeyward(async (dataDir) => {
-      const file = join(dataDir, "newsbot-policy.yaml");
-      await writeFile(file, POLICY);
-      return { KEYWARD_POLICY_FILE: file };
-    });
+    keyward = await startTestKeyward((dataDir) => policyFileEnv(dataDir, "newsbot-policy.yaml", POLICY));
     sql = createPool({ connectionString: inject("databaseUrl"), schema: keyward.schema, max: 2, applicationName: "keyward-test" });
     const ca = await loadDevCertificateAuthority(keyward.pki.dir);
     const { ca: caPem } = await keyward.credentials("admin");

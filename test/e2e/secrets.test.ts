@@ -1,12 +1,11 @@
 import { execFile } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
-import { ViolationsSchema } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -22,10 +21,11 @@ import {
   type Secret,
   type SecretVersion,
 } from "../../gen/keyward/v1/secrets_pb.js";
-import { issueCertificate, loadDevCertificateAuthority } from "../../src/dev/pki.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { connectClient } from "../helpers/clients.js";
-import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
+import { expectFailure, expectViolation } from "../helpers/expect.js";
+import { issueDevClient, policyFileEnv, startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
+import { policyText } from "../helpers/policy.js";
 
 /**
  * Every SecretsService RPC end to end: real mTLS, real PostgreSQL, one
@@ -42,35 +42,14 @@ const LISTER_ID = "spiffe://keyward.local/lister";
 // secrets named secrets/lst/<env>/a-* and list from secrets/lst, except
 // secrets/lst/prod/a-3 (deny wins), so ListSecrets can be shown to list only
 // what the caller is granted, with gaps across pages.
-const POLICY = `apiVersion: keyward/v1
-kind: Policy
-rules:
-  - name: admin
-    identities: ["${ADMIN_ID}"]
-    roles: [ADMIN]
-    resources: ["**"]
-  - name: service
-    identities: ["${SERVICE_ID}"]
-    roles: [SERVICE]
-    resources: ["**"]
-  - name: auditor
-    identities: ["spiffe://keyward.local/auditor"]
-    roles: [AUDITOR]
-    resources: ["**"]
-  - name: lister-team-a
-    identities: ["${LISTER_ID}"]
-    roles: [AUDITOR]
-    resources: ["secrets/lst", "secrets/lst/*/a-*"]
-  - name: lister-not-a3
-    effect: deny
-    identities: ["${LISTER_ID}"]
-    roles: [AUDITOR]
-    resources: ["secrets/lst/prod/a-3"]
-  - name: lister-manages-lstadmin
-    identities: ["${LISTER_ID}"]
-    roles: [ADMIN]
-    resources: ["secrets/lstadmin/**"]
-`;
+const POLICY = policyText([
+  { name: "admin", identities: [ADMIN_ID], roles: ["ADMIN"], resources: ["**"] },
+  { name: "service", identities: [SERVICE_ID], roles: ["SERVICE"], resources: ["**"] },
+  { name: "auditor", identities: ["spiffe://keyward.local/auditor"], roles: ["AUDITOR"], resources: ["**"] },
+  { name: "lister-team-a", identities: [LISTER_ID], roles: ["AUDITOR"], resources: ["secrets/lst", "secrets/lst/*/a-*"] },
+  { name: "lister-not-a3", effect: "deny", identities: [LISTER_ID], roles: ["AUDITOR"], resources: ["secrets/lst/prod/a-3"] },
+  { name: "lister-manages-lstadmin", identities: [LISTER_ID], roles: ["ADMIN"], resources: ["secrets/lstadmin/**"] },
+]);
 
 const run = promisify(execFile);
 const utf8 = (text: string) => new TextEncoder().encode(text);
@@ -91,36 +70,6 @@ function crc32c(data: Uint8Array): number {
   return (crc ^ 0xffffffff) >>> 0;
 }
 
-/** The error a call fails with; fails the test when the call succeeds. */
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("the call succeeded, a failure was expected");
-}
-
-/** The call fails with exactly this code and message. */
-async function expectFailure(call: Promise<unknown>, code: Code, message: string): Promise<ConnectError> {
-  const err = await failure(call);
-  expect({ code: Code[err.code], message: err.rawMessage }).toEqual({ code: Code[code], message });
-  return err;
-}
-
-/** The call is refused by request validation, with a Violations detail carrying `ruleId`. */
-async function expectViolation(call: Promise<unknown>, ruleId: string, message: string | RegExp): Promise<void> {
-  const err = await failure(call);
-  expect(Code[err.code]).toBe(Code[Code.InvalidArgument]);
-  if (typeof message === "string") {
-    expect(err.rawMessage).toBe(message);
-  } else {
-    expect(err.rawMessage).toMatch(message);
-  }
-  const rules = err.findDetails(ViolationsSchema).flatMap((v) => v.violations.map((violation) => violation.ruleId));
-  expect(rules).toContain(ruleId);
-}
-
 const millis = (t: Timestamp | undefined) => timestampDate(t!).getTime();
 const stateOf = (v: SecretVersion) => SecretVersionState[v.state];
 const summary = (versions: readonly SecretVersion[]) => versions.map((v) => `${v.version}:${stateOf(v)}`);
@@ -139,17 +88,8 @@ describe("SecretsService end to end", () => {
 
   beforeAll(async () => {
     keyward = await startTestKeyward(async (dataDir) => {
-      const pkiDir = join(dataDir, "pki");
-      const issued = await issueCertificate(await loadDevCertificateAuthority(pkiDir), {
-        commonName: "lister",
-        usage: "client",
-        spiffeId: LISTER_ID,
-      });
-      await writeFile(join(pkiDir, "lister.crt"), issued.certPem);
-      await writeFile(join(pkiDir, "lister.key"), issued.keyPem, { mode: 0o600 });
-      const policyFile = join(dataDir, "secrets-policy.yaml");
-      await writeFile(policyFile, POLICY);
-      return { KEYWARD_POLICY_FILE: policyFile };
+      await issueDevClient(dataDir, "lister", LISTER_ID);
+      return policyFileEnv(dataDir, "secrets-policy.yaml", POLICY);
     });
     pool = createPool({ connectionString: inject("databaseUrl"), schema: keyward.schema, max: 2, applicationName: "keyward-test" });
     admin = connectClient(SecretsService, keyward.url, await keyward.credentials("admin"));

@@ -1,4 +1,7 @@
 import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import pg from "pg";
 import { inject } from "vitest";
 import { migrate } from "../../src/storage/pg/migrate.js";
@@ -17,10 +20,15 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
+/** A schema name no other test uses: `t_` + 16 hex digits. */
+export function uniqueSchemaName(): string {
+  return `t_${randomBytes(8).toString("hex")}`;
+}
+
 /** Creates a fresh schema, applies all migrations to it and opens a pool bound to it. */
 export async function createTestDatabase(): Promise<TestDatabase> {
   const connectionString = inject("databaseUrl");
-  const schema = `t_${randomBytes(8).toString("hex")}`;
+  const schema = uniqueSchemaName();
   await migrate({ connectionString, schema });
   const pool = createPool({ connectionString, schema, max: 4, applicationName: "keyward-test" });
   let dropping: Promise<void> | undefined;
@@ -41,4 +49,41 @@ export async function dropSchema(connectionString: string, schema: string): Prom
   } finally {
     await client.end();
   }
+}
+
+/** Temporary folders and schema names handed out to one test file, deleted together by `cleanup`. */
+export interface Scratch {
+  /** A new empty folder under the system temp folder, named `<prefix>` + random characters. */
+  tempDir(): Promise<string>;
+  /** A schema name no other test uses, dropped (if it was created) by `cleanup`. */
+  freshSchema(): string;
+  /** Drops every schema, then deletes every folder handed out since the last cleanup. */
+  cleanup(): Promise<void>;
+}
+
+/** A Scratch whose folders are named `<prefix>` + random characters; call `cleanup` in afterAll or afterEach. */
+export function createScratch(prefix: string): Scratch {
+  const dirs: string[] = [];
+  const schemas: string[] = [];
+  return {
+    async tempDir() {
+      const dir = await mkdtemp(join(tmpdir(), prefix));
+      dirs.push(dir);
+      return dir;
+    },
+    freshSchema() {
+      const schema = uniqueSchemaName();
+      schemas.push(schema);
+      return schema;
+    },
+    async cleanup() {
+      const databaseUrl = inject("databaseUrl");
+      for (const schema of schemas.splice(0)) {
+        await dropSchema(databaseUrl, schema);
+      }
+      for (const dir of dirs.splice(0)) {
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  };
 }

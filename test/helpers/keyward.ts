@@ -1,15 +1,14 @@
-import { randomBytes } from "node:crypto";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import pino from "pino";
 import { inject } from "vitest";
 import { loadConfig } from "../../src/config.js";
-import { devPkiPaths, ensureDevPki } from "../../src/dev/pki.js";
+import { devPkiPaths, ensureDevPki, issueCertificate, loadDevCertificateAuthority } from "../../src/dev/pki.js";
 import { REDACT_PATHS } from "../../src/log.js";
 import { startKeyward, type RunningKeyward } from "../../src/main.js";
-import { dropSchema } from "./database.js";
+import { dropSchema, uniqueSchemaName } from "./database.js";
 import type {} from "../setup/global-database.js";
 
 /** Client credentials as PEM buffers, ready for any TLS client. */
@@ -44,7 +43,7 @@ export async function startTestKeyward(
   env: Record<string, string> | ((dataDir: string) => Record<string, string> | Promise<Record<string, string>>) = {},
 ): Promise<TestKeyward> {
   const dataDir = await mkdtemp(join(tmpdir(), "keyward-test-"));
-  const schema = `t_${randomBytes(8).toString("hex")}`;
+  const schema = uniqueSchemaName();
   const databaseUrl = inject("databaseUrl");
   const pki = devPkiPaths(join(dataDir, "pki"));
   await ensureDevPki(pki.dir);
@@ -60,12 +59,7 @@ export async function startTestKeyward(
     sink,
   );
   const config = loadConfig({
-    KEYWARD_LISTEN: "127.0.0.1:0",
-    KEYWARD_DATA_DIR: dataDir,
-    DATABASE_URL: databaseUrl,
-    KEYWARD_DB_SCHEMA: schema,
-    KEYWARD_DB_POOL_MAX: "4",
-    KEYWARD_SHUTDOWN_GRACE_MS: "2000",
+    ...testKeywardEnv(dataDir, schema),
     ...(typeof env === "function" ? await env(dataDir) : env),
   });
   const running = await startKeyward(config, log);
@@ -78,11 +72,7 @@ export async function startTestKeyward(
     running,
     logs,
     pki,
-    async credentials(name) {
-      const client = pki.client(name);
-      const [ca, cert, key] = await Promise.all([readFile(pki.caCert), readFile(client.cert), readFile(client.key)]);
-      return { ca, cert, key };
-    },
+    credentials: (name) => devCredentials(dataDir, name),
     close: () =>
       (closing ??= (async () => {
         await running.close();
@@ -90,4 +80,52 @@ export async function startTestKeyward(
         await rm(dataDir, { recursive: true, force: true });
       })()),
   };
+}
+
+/**
+ * The environment startTestKeyward starts Keyward with: loopback port 0, the
+ * run's test PostgreSQL in `schema`, a pool of 4 and a 2 s shutdown grace.
+ * A second server on the same data folder and schema (a replica) starts from
+ * it, overriding what it needs to differ.
+ */
+export function testKeywardEnv(dataDir: string, schema: string): Record<string, string> {
+  return {
+    KEYWARD_LISTEN: "127.0.0.1:0",
+    KEYWARD_DATA_DIR: dataDir,
+    DATABASE_URL: inject("databaseUrl"),
+    KEYWARD_DB_SCHEMA: schema,
+    KEYWARD_DB_POOL_MAX: "4",
+    KEYWARD_SHUTDOWN_GRACE_MS: "2000",
+  };
+}
+
+/** Credentials of a client whose certificate and key are in the dev PKI of `dataDir` (`<dataDir>/pki/<name>.crt`, `.key`). */
+export async function devCredentials(dataDir: string, name: string): Promise<ClientCredentials> {
+  const pki = devPkiPaths(join(dataDir, "pki"));
+  const client = pki.client(name);
+  const [ca, cert, key] = await Promise.all([readFile(pki.caCert), readFile(client.cert), readFile(client.key)]);
+  return { ca, cert, key };
+}
+
+/**
+ * Issues a client certificate for `spiffeId` from the dev CA of `dataDir`
+ * and stores it in that PKI folder as `<name>.crt` and `<name>.key`, where
+ * `devCredentials` and TestKeyward's `credentials(name)` find it.
+ */
+export async function issueDevClient(dataDir: string, name: string, spiffeId: string): Promise<void> {
+  const pki = devPkiPaths(join(dataDir, "pki"));
+  const issued = await issueCertificate(await loadDevCertificateAuthority(pki.dir), {
+    commonName: name,
+    usage: "client",
+    spiffeId,
+  });
+  await writeFile(pki.client(name).cert, issued.certPem);
+  await writeFile(pki.client(name).key, issued.keyPem, { mode: 0o600 });
+}
+
+/** Writes `policy` to `<dataDir>/<fileName>` and returns the variable that points Keyward at it. */
+export async function policyFileEnv(dataDir: string, fileName: string, policy: string): Promise<{ KEYWARD_POLICY_FILE: string }> {
+  const policyFile = join(dataDir, fileName);
+  await writeFile(policyFile, policy);
+  return { KEYWARD_POLICY_FILE: policyFile };
 }

@@ -1,53 +1,34 @@
-import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createCrl, issueCertificate, loadDevCertificateAuthority } from "../../src/dev/pki.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/database.js";
 import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
+import { keywardCli, type CliRun } from "../helpers/keyward-process.js";
 import type {} from "../setup/global-database.js";
 
-const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const DAY_MS = 24 * 60 * 60 * 1000;
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
+interface Run extends CliRun {
   /** stdout's check lines by check name: `[status, detail]`. */
   lines: Map<string, { status: string; detail: string }>;
 }
 
 /** `node --import tsx src/cli.ts doctor <args>` with exactly `env` (plus PATH); resolves when it exits. */
-function doctor(env: Record<string, string>, args: string[] = []): Promise<Run> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", "doctor", ...args], {
-    cwd: REPO_ROOT,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
-  child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.once("close", (code) => {
-      const lines = new Map<string, { status: string; detail: string }>();
-      for (const line of stdout.split("\n").filter(Boolean)) {
-        const match = /^(ok|warn|fail) +(\S+) {2,}(\S.*)$/.exec(line);
-        if (!match) {
-          reject(new Error(`not a check line: ${JSON.stringify(line)}\n${stdout}${stderr}`));
-          return;
-        }
-        lines.set(match[2]!, { status: match[1]!, detail: match[3]! });
-      }
-      resolve({ code, stdout, stderr, lines });
-    });
-  });
+async function doctor(env: Record<string, string>, args: string[] = []): Promise<Run> {
+  const run = await keywardCli(["doctor", ...args], env);
+  const lines = new Map<string, { status: string; detail: string }>();
+  for (const line of run.stdout.split("\n").filter(Boolean)) {
+    const match = /^(ok|warn|fail) +(\S+) {2,}(\S.*)$/.exec(line);
+    if (!match) {
+      throw new Error(`not a check line: ${JSON.stringify(line)}\n${run.stdout}${run.stderr}`);
+    }
+    lines.set(match[2]!, { status: match[1]!, detail: match[3]! });
+  }
+  return { ...run, lines };
 }
 
 /** Statuses by check, for one readable assertion. */

@@ -1,10 +1,8 @@
-import { spawn } from "node:child_process";
 import { randomBytes, verify as verifySignature } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
-import { fileURLToPath } from "node:url";
 import pino from "pino";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -13,43 +11,18 @@ import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys_pb.js";
 import { loadConfig } from "../../src/config.js";
 import { parseRootKey, rootKeyCheck } from "../../src/crypto/root-key.js";
-import { devPkiPaths } from "../../src/dev/pki.js";
 import { startKeyward, type RunningKeyward } from "../../src/main.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { verifyAuditDatabase } from "../../src/tools/audit-verify.js";
 import { rootKeyCommand } from "../../src/tools/root-key-command.js";
 import { connectClient } from "../helpers/clients.js";
 import { createTestDatabase, dropSchema, type TestDatabase } from "../helpers/database.js";
-import { startTestKeyward, type ClientCredentials } from "../helpers/keyward.js";
+import { devCredentials, startTestKeyward, testKeywardEnv } from "../helpers/keyward.js";
+import { keywardCli, type CliRun } from "../helpers/keyward-process.js";
 import type {} from "../setup/global-database.js";
 
-const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** `node --import tsx src/cli.ts <args>` with exactly `env` (plus PATH); resolves when it exits. */
-function keyward(args: string[], env: Record<string, string>): Promise<Run> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", ...args], {
-    cwd: REPO_ROOT,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
-  child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
 /** The command without a process of its own, for the cases that need no separate process to be meaningful. */
-async function inProcess(args: string[], env: Record<string, string>): Promise<Run> {
+async function inProcess(args: string[], env: Record<string, string>): Promise<CliRun> {
   let stdout = "";
   let stderr = "";
   const sink = (append: (text: string) => void) =>
@@ -115,22 +88,10 @@ describe("keyward root-key rotate", () => {
   let mac: Uint8Array;
   let checkpoint: { keyId: string; publicKeyPem: string };
 
-  const dev = (name: string) => devPkiPaths(join(dataDir, "pki")).client(name);
-  async function credentials(name: string): Promise<ClientCredentials> {
-    const pki = devPkiPaths(join(dataDir, "pki"));
-    const [ca, cert, key] = await Promise.all([readFile(pki.caCert), readFile(dev(name).cert), readFile(dev(name).key)]);
-    return { ca, cert, key };
-  }
-
   /** A server on the same data folder and schema: the dev root key, or `KEYWARD_ROOT_KEY_FILE` when given. */
   async function start(rootKeyFile?: string): Promise<RunningKeyward> {
     const config = loadConfig({
-      KEYWARD_LISTEN: "127.0.0.1:0",
-      KEYWARD_DATA_DIR: dataDir,
-      DATABASE_URL: databaseUrl,
-      KEYWARD_DB_SCHEMA: schema,
-      KEYWARD_DB_POOL_MAX: "4",
-      KEYWARD_SHUTDOWN_GRACE_MS: "2000",
+      ...testKeywardEnv(dataDir, schema),
       ...(rootKeyFile !== undefined ? { KEYWARD_ROOT_KEY_FILE: rootKeyFile } : {}),
     });
     const running = await startKeyward(config, pino({ level: "silent" }));
@@ -189,7 +150,7 @@ describe("keyward root-key rotate", () => {
   });
 
   it("refuses a current root key that does not match the database, changing nothing (exit 2)", async () => {
-    const wrong = await keyward(["root-key", "rotate", "--new-key-file", newKeyFile], {
+    const wrong = await keywardCli(["root-key", "rotate", "--new-key-file", newKeyFile], {
       ...env,
       KEYWARD_ROOT_KEY: randomBytes(32).toString("base64"),
     });
@@ -255,7 +216,7 @@ describe("keyward root-key rotate", () => {
   });
 
   it("re-wraps every version and the audit signing key in one go, stores the new check, prints no key bytes", async () => {
-    const run = await keyward(["root-key", "rotate", "--new-key-file", newKeyFile], env);
+    const run = await keywardCli(["root-key", "rotate", "--new-key-file", newKeyFile], env);
     expect(run.code, run.stderr).toBe(0);
     expect(run.stdout).toMatch(/^root key rotated for deployment [0-9a-f-]{36}: re-wrapped 4 key versions and 1 audit signing key;/);
     // The dev key file stays as it was; the operator is told to point the servers at the new file.
@@ -298,9 +259,9 @@ describe("keyward root-key rotate", () => {
   it("a server on the new root key opens everything made under the old one", async () => {
     const running = await start(newKeyFile);
     const url = `https://127.0.0.1:${running.address.port}`;
-    const admin = connectClient(KeysService, url, await credentials("admin"));
-    const service = connectClient(CryptoService, url, await credentials("service"));
-    const auditor = connectClient(AuditService, url, await credentials("auditor"));
+    const admin = connectClient(KeysService, url, await devCredentials(dataDir, "admin"));
+    const service = connectClient(CryptoService, url, await devCredentials(dataDir, "service"));
+    const auditor = connectClient(AuditService, url, await devCredentials(dataDir, "auditor"));
 
     for (const [i, ciphertext] of ciphertexts.entries()) {
       const opened = await service.decrypt({ name: "keys/enc", ciphertext });

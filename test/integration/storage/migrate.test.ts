@@ -1,23 +1,16 @@
-import { randomBytes } from "node:crypto";
 import { readdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { migrate, migrationLockKey } from "../../../src/storage/pg/migrate.js";
-import { dropSchema } from "../../helpers/database.js";
+import { createScratch } from "../../helpers/database.js";
 
 const databaseUrl = inject("databaseUrl");
 const MIGRATIONS_DIR = fileURLToPath(new URL("../../../migrations", import.meta.url));
 
 let migrationNames: string[];
 let admin: pg.Client;
-const schemas: string[] = [];
-
-function freshSchema(): string {
-  const schema = `t_${randomBytes(8).toString("hex")}`;
-  schemas.push(schema);
-  return schema;
-}
+const scratch = createScratch("keyward-migrate-");
 
 async function appliedNames(schema: string): Promise<string[]> {
   const result = await admin.query<{ name: string }>(
@@ -48,13 +41,13 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const schema of schemas.splice(0)) await dropSchema(databaseUrl, schema);
+  await scratch.cleanup();
   await admin.end();
 });
 
 describe("migrate", () => {
   it("applies every migration to a schema that does not exist yet", async () => {
-    const schema = freshSchema();
+    const schema = scratch.freshSchema();
 
     const applied = await migrate({ connectionString: databaseUrl, schema });
 
@@ -74,7 +67,7 @@ describe("migrate", () => {
   });
 
   it("creates the deployment table as a singleton with documented check column", async () => {
-    const schema = freshSchema();
+    const schema = scratch.freshSchema();
     await migrate({ connectionString: databaseUrl, schema });
     const table = `${admin.escapeIdentifier(schema)}.deployment`;
 
@@ -93,7 +86,7 @@ describe("migrate", () => {
   });
 
   it("returns [] and changes nothing when the schema is up to date", async () => {
-    const schema = freshSchema();
+    const schema = scratch.freshSchema();
     await migrate({ connectionString: databaseUrl, schema });
     const before = await admin.query(`SELECT id, name, run_on FROM ${admin.escapeIdentifier(schema)}.pgmigrations`);
 
@@ -107,7 +100,7 @@ describe("migrate", () => {
   });
 
   it("serializes concurrent callers on one schema: all succeed, each migration runs once", async () => {
-    const schema = freshSchema();
+    const schema = scratch.freshSchema();
     const key = migrationLockKey(schema);
     // Hold the migration lock so that every caller is provably queued on it at
     // the same time, rather than finishing one after another by luck.
@@ -134,8 +127,8 @@ describe("migrate", () => {
   });
 
   it("does not make other schemas wait for a schema's migration lock", async () => {
-    const locked = freshSchema();
-    const other = freshSchema();
+    const locked = scratch.freshSchema();
+    const other = scratch.freshSchema();
     expect(migrationLockKey(locked)).not.toBe(migrationLockKey(other));
     const holder = new pg.Client({ connectionString: databaseUrl });
     await holder.connect();
