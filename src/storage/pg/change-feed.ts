@@ -12,9 +12,14 @@ export const CHANGES_CHANNEL = "keyward_changes";
 /**
  * Listens for changes in `schema` (as `current_schema()` names it on
  * the pool's connections) on a connection of its own, reconnecting with
- * backoff. While the connection is down `live` is false and listeners were
- * told (with `undefined`) that changes may have been missed.
+ * backoff. While the connection is down — or silent: it must answer a
+ * heartbeat query every 400 ms within 600 ms — `live` is false and
+ * listeners were told (with `undefined`) that changes may have been missed.
  */
+/** How often the listening connection must prove it is alive, and how long it may take. */
+const HEARTBEAT_MS = 400;
+const HEARTBEAT_TIMEOUT_MS = 600;
+
 export function createPgChangeFeed(
   connectionString: string,
   schema: string,
@@ -46,9 +51,33 @@ export function createPgChangeFeed(
     }
   };
 
+  // A connection that died silently (a NAT or load balancer dropping it, a
+  // failover) raises no error for hours; every notice sent meanwhile would
+  // be missed while caches kept serving. So the connection must answer a
+  // query every HEARTBEAT_MS within HEARTBEAT_TIMEOUT_MS, or it counts as lost.
+  let beating = false;
+  const heartbeat = setInterval(() => {
+    const c = client;
+    if (!live || c === undefined || beating) return;
+    beating = true;
+    let timeout: NodeJS.Timeout | undefined;
+    Promise.race([
+      c.query("SELECT 1"),
+      new Promise((_, reject) => {
+        timeout = setTimeout(() => reject(new Error(`change feed silent for ${HEARTBEAT_TIMEOUT_MS} ms`)), HEARTBEAT_TIMEOUT_MS);
+      }),
+    ])
+      .catch((err: Error) => client === c && lost(err))
+      .finally(() => {
+        clearTimeout(timeout);
+        beating = false;
+      });
+  }, HEARTBEAT_MS);
+  heartbeat.unref();
+
   const connect = () => {
     if (closed) return;
-    const c = new pg.Client({ connectionString, connectionTimeoutMillis: 5000, keepAlive: true });
+    const c = new pg.Client({ connectionString, connectionTimeoutMillis: 5000, keepAlive: true, keepAliveInitialDelayMillis: 10_000 });
     client = c;
     c.on("error", (err) => lost(err));
     c.on("end", () => client === c && lost());
@@ -82,6 +111,7 @@ export function createPgChangeFeed(
     async close() {
       closed = true;
       clearTimeout(timer);
+      clearInterval(heartbeat);
       live = false;
       const c = client;
       client = undefined;
