@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { GenerateSecretFormat, SecretsService, SecretType } from "../../gen/keyward/v1/secrets_pb.js";
 import { crc32c } from "../../src/crypto/crc32c.js";
 import { createPool } from "../../src/storage/pg/pool.js";
@@ -231,6 +232,24 @@ describe("stored secret values moved in the database", () => {
 
     await sql.query("UPDATE secret_versions SET ciphertext = $2 WHERE secret_name = $1 AND version = 1", [name, newRow.ciphertext]);
     expect(await read(`${name}/versions/1`)).toBe(fresh);
+  });
+
+  it("a caller with SERVICE on the secret's key can neither open a stored value through Decrypt nor forge one through Encrypt", async () => {
+    const name = "secrets/shop/prod/crossing";
+    const created = await create(name);
+    const keyName = created.secret!.key;
+    await add(name, "stored value");
+    const { rows } = await sql.query<{ uid: string }>("SELECT uid FROM secrets WHERE name = $1", [name]);
+    // The associated data the value is bound to, as src/domain/secrets/secret.ts writes it.
+    const binding = Buffer.from(`keyward secret value v1\u0000${rows[0]!.uid}\u0000${name}\u00001`, "utf8");
+    const crypto = connectClient(CryptoService, keyward.url, await keyward.credentials("service"));
+
+    const opened = await failure(crypto.decrypt({ name: keyName, ciphertext: (await stored(name, 1)).ciphertext, associatedData: binding }));
+    expect({ code: Code[opened.code], message: opened.message }).toEqual({ code: Code[Code.InvalidArgument], message: "decryption failed" });
+
+    const forged = await crypto.encrypt({ name: keyName, plaintext: Buffer.from("forged value"), associatedData: binding });
+    await sql.query("UPDATE secret_versions SET ciphertext = $3 WHERE secret_name = $1 AND version = $2", [name, 1, Buffer.from(forged.ciphertext)]);
+    await expectDataLoss(`${name}/versions/1`, `${name}/versions/1`, ["forged value"]);
   });
 
   it("never lets a written, generated or refused value reach logs, audit events, errors or any table", async () => {

@@ -75,6 +75,32 @@ export interface CryptoOperations {
     items: readonly { plaintext: Uint8Array; aad: Uint8Array }[],
   ): Promise<{ results: ItemResult<Buffer>[]; keyVersion: KeyVersionName }>;
   batchDecrypt(name: string, items: readonly { ciphertext: Uint8Array; aad: Uint8Array }[]): Promise<ItemResult<Buffer>[]>;
+  /**
+   * Encrypts a value Keyward stores for itself (a secret version), with the
+   * primary version or the one named, bound to `binding`. Such ciphertexts
+   * and the callers' are kept apart (see {@link CALLER}): neither opens as
+   * the other, whatever associated data is given.
+   */
+  sealValue(name: string, version: number | undefined, plaintext: Uint8Array, binding: Uint8Array): Promise<{ ciphertext: Buffer; keyVersion: KeyVersionName }>;
+  /** Opens what {@link CryptoOperations.sealValue} made, with the same binding. */
+  openValue(name: string, ciphertext: Uint8Array, binding: Uint8Array): Promise<{ plaintext: Buffer; keyVersion: KeyVersionName }>;
+}
+
+/**
+ * Domain separation of the associated data: the first byte says whose
+ * ciphertext it is. Callers' ciphertexts (CryptoService) carry CALLER,
+ * values Keyward stores for itself carry STORED, so that a caller with
+ * SERVICE on a secret's key and a copy of the database can neither decrypt
+ * a stored secret value through Decrypt nor forge one through Encrypt.
+ */
+const CALLER = 0x00;
+const STORED = 0x01;
+
+function scoped(domain: number, aad: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(aad.length + 1);
+  out[0] = domain;
+  out.set(aad, 1);
+  return out;
 }
 
 interface Resolved {
@@ -165,14 +191,14 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
   return {
     async encrypt(name, version, plaintext, aad) {
       const resolved = await resolve(name, version, "encrypt");
-      const ciphertext = envelopeOf(resolved).encrypt(plaintext, aad);
+      const ciphertext = envelopeOf(resolved).encrypt(plaintext, scoped(CALLER, aad));
       used(resolved);
       return { ciphertext, keyVersion: resolved.name };
     },
 
     async decrypt(name, ciphertext, aad) {
       const resolved = await resolveCiphertext(name, ciphertext);
-      const plaintext = envelopeOf(resolved).decrypt(ciphertext, aad);
+      const plaintext = envelopeOf(resolved).decrypt(ciphertext, scoped(CALLER, aad));
       used(resolved);
       return { plaintext, keyVersion: resolved.name };
     },
@@ -180,9 +206,9 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
     async reEncrypt(name, ciphertext, aad, destination) {
       const source = await resolveCiphertext(name, ciphertext);
       const target = await resolve(destination.name, destination.version, "encrypt");
-      const plaintext = envelopeOf(source).decrypt(ciphertext, aad);
+      const plaintext = envelopeOf(source).decrypt(ciphertext, scoped(CALLER, aad));
       try {
-        const out = envelopeOf(target).encrypt(plaintext, destination.aad);
+        const out = envelopeOf(target).encrypt(plaintext, scoped(CALLER, destination.aad));
         used(source);
         used(target);
         return { ciphertext: out, sourceKeyVersion: source.name, keyVersion: target.name };
@@ -194,7 +220,7 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
     async generateDataKey(name, version, length, aad) {
       const resolved = await resolve(name, version, "encrypt");
       const plaintext = randomBytes(length);
-      const ciphertext = envelopeOf(resolved).encrypt(plaintext, aad);
+      const ciphertext = envelopeOf(resolved).encrypt(plaintext, scoped(CALLER, aad));
       used(resolved);
       return { plaintext, ciphertext, keyVersion: resolved.name };
     },
@@ -246,13 +272,27 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
       const envelope = envelopeOf(resolved);
       const results = items.map((item): ItemResult<Buffer> => {
         try {
-          return { ok: true, value: envelope.encrypt(item.plaintext, item.aad), keyVersion: resolved.name };
+          return { ok: true, value: envelope.encrypt(item.plaintext, scoped(CALLER, item.aad)), keyVersion: resolved.name };
         } catch (err) {
           return { ok: false, error: asItemError(err) };
         }
       });
       used(resolved, results.filter((r) => r.ok).length);
       return { results, keyVersion: resolved.name };
+    },
+
+    async sealValue(name, version, plaintext, binding) {
+      const resolved = await resolve(name, version, "encrypt");
+      const ciphertext = envelopeOf(resolved).encrypt(plaintext, scoped(STORED, binding));
+      used(resolved);
+      return { ciphertext, keyVersion: resolved.name };
+    },
+
+    async openValue(name, ciphertext, binding) {
+      const resolved = await resolveCiphertext(name, ciphertext);
+      const plaintext = envelopeOf(resolved).decrypt(ciphertext, scoped(STORED, binding));
+      used(resolved);
+      return { plaintext, keyVersion: resolved.name };
     },
 
     async batchDecrypt(name, items) {
@@ -262,7 +302,7 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
       for (const item of items) {
         try {
           const resolved = await resolveCiphertext(name, item.ciphertext);
-          const plaintext = envelopeOf(resolved).decrypt(item.ciphertext, item.aad);
+          const plaintext = envelopeOf(resolved).decrypt(item.ciphertext, scoped(CALLER, item.aad));
           used(resolved);
           results.push({ ok: true, value: plaintext, keyVersion: resolved.name });
         } catch (err) {

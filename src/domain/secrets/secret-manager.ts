@@ -140,13 +140,13 @@ export function createSecretManager(deps: {
 
   /** `keyVersion` undefined: the key's primary version as the key cache knows it. */
   const encrypt = async (secret: Secret, version: number, data: Uint8Array, keyVersion?: number): Promise<StoredValue> => {
-    const out = await crypto.encrypt(secret.keyName, keyVersion, data, valueBinding(secret, version));
+    const out = await crypto.sealValue(secret.keyName, keyVersion, data, valueBinding(secret, version));
     return { ciphertext: out.ciphertext, keyVersion: Number(out.keyVersion.slice(out.keyVersion.lastIndexOf("/") + 1)) };
   };
 
   const decrypt = async (secret: Pick<Secret, "name" | "uid" | "keyName">, version: number, value: StoredValue): Promise<Buffer> => {
     try {
-      return (await crypto.decrypt(secret.keyName, value.ciphertext, valueBinding(secret, version))).plaintext;
+      return (await crypto.openValue(secret.keyName, value.ciphertext, valueBinding(secret, version))).plaintext;
     } catch (err) {
       if (err instanceof DecryptionError) {
         // A stored value that does not open was altered, or moved from another row.
