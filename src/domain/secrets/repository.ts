@@ -10,6 +10,12 @@ export interface LockedSecret {
   version(version: number): Promise<SecretVersion | undefined>;
   /** A version's stored value; null once DESTROYED. */
   value(version: number): Promise<StoredValue | null>;
+  /**
+   * The min_decryption_version of the secret's key, read with a share lock
+   * held until commit: a concurrent UpdateKey raising it waits for this
+   * write, or this write sees the new minimum.
+   */
+  keyMinDecryptionVersion(): Promise<number>;
 }
 
 /** A value as stored: envelope ciphertext and the key version that made it. */

@@ -265,7 +265,15 @@ export function createSecretManager(deps: {
         const version = await repository.mutate(
           name,
           async (locked) => {
-            if (locked.secret.uid !== secret.uid || locked.secret.currentVersion !== secret.currentVersion || !(await stillValid(locked))) {
+            // The value was encrypted before the lock: it is written only if
+            // nothing it depends on moved meanwhile, the key's minimum
+            // decryption version included (else it could never be read).
+            if (
+              locked.secret.uid !== secret.uid ||
+              locked.secret.currentVersion !== secret.currentVersion ||
+              value.keyVersion < (await locked.keyMinDecryptionVersion()) ||
+              !(await stillValid(locked))
+            ) {
               checkExpectedVersion(locked.secret, expected);
               // Rolls the transaction back: the call's audit event is
               // written with the round that succeeds, once.

@@ -242,6 +242,13 @@ export function createPgSecretRepository(pool: pg.Pool): SecretRepository {
             );
             return found.rows[0] && versionFromRow(found.rows[0]);
           },
+          async keyMinDecryptionVersion() {
+            const found = await client.query<{ min_decryption_version: number }>(
+              "SELECT k.min_decryption_version FROM keys k JOIN secrets s ON s.key_name = k.name WHERE s.name = $1 FOR SHARE OF k",
+              [name],
+            );
+            return found.rows[0]?.min_decryption_version ?? 0;
+          },
           async value(version) {
             const found = await client.query<{ ciphertext: Buffer | null; key_version: number | null }>(
               "SELECT ciphertext, key_version FROM secret_versions WHERE secret_name = $1 AND version = $2",
