@@ -17,6 +17,7 @@ import {
   toProtoKeyVersion,
   totalUsage,
 } from "./key-convert.js";
+import { requirePlainText } from "./text.js";
 import { decodePageToken, encodePageToken, filterDigest, grantedPage, pageSizeOf } from "./page-token.js";
 
 const LIST_KEYS = PERMISSIONS["keyward.v1.KeysService/ListKeys"]!;
@@ -39,7 +40,7 @@ export function createKeysService(deps: {
           algorithm: algorithmFromProto(spec.algorithm),
           rotationPeriodMs: spec.rotationPeriod ? durationToMs(spec.rotationPeriod, "rotation_period") : null,
           minDecryptionVersion: spec.minDecryptionVersion,
-          description: spec.description,
+          description: requirePlainText("key.description", spec.description),
           labels: spec.labels,
         },
         context.values.get(kAuditWithin),
@@ -62,7 +63,7 @@ export function createKeysService(deps: {
       const identity = context.values.get(kIdentity)!.name;
       const authorizer = deps.policy.current();
       const roles = LIST_KEYS.kind === "role" ? LIST_KEYS.roles : [];
-      const { page, more } = await grantedPage(
+      const { page, next } = await grantedPage(
         (from, limit) => keys.list(filter, from, limit),
         (key) => authorizer.decide(identity, roles, [key.name]).kind === "allow",
         after,
@@ -70,7 +71,7 @@ export function createKeysService(deps: {
       );
       return {
         keys: page.map(toProtoKey),
-        nextPageToken: more ? encodePageToken(page.at(-1)!.name, digest) : "",
+        nextPageToken: next === undefined ? "" : encodePageToken(next, digest),
       };
     },
 
@@ -78,7 +79,7 @@ export function createKeysService(deps: {
       const spec = request.key!;
       const update: { -readonly [K in keyof KeyUpdate]: KeyUpdate[K] } = {};
       for (const path of request.updateMask!.paths) {
-        if (path === "description") update.description = spec.description;
+        if (path === "description") update.description = requirePlainText("key.description", spec.description);
         if (path === "labels") update.labels = spec.labels;
         if (path === "min_decryption_version") update.minDecryptionVersion = spec.minDecryptionVersion;
         if (path === "rotation_period") {

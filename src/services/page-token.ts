@@ -28,7 +28,15 @@ export function decodePageToken(token: string, digest: string): string {
   } catch {
     parsed = undefined;
   }
-  if (!parsed || typeof parsed !== "object" || parsed.v !== VERSION || typeof parsed.c !== "string" || typeof parsed.f !== "string") {
+  if (
+    !parsed ||
+    typeof parsed !== "object" ||
+    parsed.v !== VERSION ||
+    typeof parsed.c !== "string" ||
+    typeof parsed.f !== "string" ||
+    // Cursors are resource names or numbers: anything else was not issued here.
+    !/^[A-Za-z0-9/_.-]{0,512}$/.test(parsed.c)
+  ) {
     throw new DomainError("invalid-argument", "page_token is malformed");
   }
   if (parsed.f !== digest) {
@@ -42,30 +50,45 @@ export function pageSizeOf(requested: number, fallback = 100): number {
   return requested > 0 ? requested : fallback;
 }
 
+/** Rows read per query by {@link grantedPage}, and at most per call: a caller granted on few items cannot make one call scan everything. */
+const GRANTED_BATCH = 200;
+const GRANTED_SCAN_LIMIT = 5_000;
+
 /**
  * One page of what the caller may see, from a source listed in ascending
  * name order: reads batches after `after`, keeps the items `granted`
- * allows, and says whether another granted item follows the page.
+ * allows. `next` is the cursor of the next page, undefined at the end; a
+ * page may come back short (even empty) with a `next` when the call has
+ * read its share of rows, as AIP-158 allows.
  */
 export async function grantedPage<T extends { readonly name: string }>(
   fetch: (after: string, limit: number) => Promise<T[]>,
   granted: (item: T) => boolean,
   after: string,
   pageSize: number,
-): Promise<{ page: T[]; more: boolean }> {
+): Promise<{ page: T[]; next: string | undefined }> {
   const page: T[] = [];
+  const batchSize = Math.max(pageSize + 1, GRANTED_BATCH);
+  let scanned = 0;
   for (;;) {
-    const batch = await fetch(after, pageSize + 1);
+    const batch = await fetch(after, batchSize);
     for (const item of batch) {
-      if (!granted(item)) continue;
+      if (!granted(item)) {
+        after = item.name;
+        continue;
+      }
       if (page.length === pageSize) {
-        return { page, more: true };
+        return { page, next: page.at(-1)!.name };
       }
       page.push(item);
+      after = item.name;
     }
-    if (batch.length <= pageSize) {
-      return { page, more: false };
+    scanned += batch.length;
+    if (batch.length < batchSize) {
+      return { page, next: undefined };
     }
-    after = batch.at(-1)!.name;
+    if (scanned >= GRANTED_SCAN_LIMIT) {
+      return { page, next: after };
+    }
   }
 }

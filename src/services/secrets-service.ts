@@ -6,6 +6,7 @@ import type { SecretManager, SecretUpdate } from "../domain/secrets/secret-manag
 import { kAuditWithin, kIdentity } from "../server/context.js";
 import { PERMISSIONS } from "../server/permissions.js";
 import type { PolicyStore } from "../server/policy-store.js";
+import { requirePlainText } from "./text.js";
 import { decodePageToken, encodePageToken, filterDigest, grantedPage, pageSizeOf } from "./page-token.js";
 import {
   generateSpecFromProto,
@@ -49,7 +50,7 @@ export function createSecretsService(deps: { secrets: SecretManager; policy: Pol
         {
           name: `${request.parent}/${request.secretId}`,
           type: secretTypeFromProto(spec?.type ?? 0),
-          description: spec?.description ?? "",
+          description: requirePlainText("secret.description", spec?.description ?? ""),
           labels: spec?.labels ?? {},
           keyName: spec?.key ?? "",
           maxVersions: spec?.maxVersions ?? 0,
@@ -72,7 +73,7 @@ export function createSecretsService(deps: { secrets: SecretManager; policy: Pol
       const identity = caller(context);
       const authorizer = deps.policy.current();
       const roles = LIST_SECRETS.kind === "role" ? LIST_SECRETS.roles : [];
-      const { page, more } = await grantedPage(
+      const { page, next } = await grantedPage(
         (from, limit) => secrets.list(request.parent, filter, from, limit),
         (secret) => authorizer.decide(identity, roles, [secret.name]).kind === "allow",
         after,
@@ -80,7 +81,7 @@ export function createSecretsService(deps: { secrets: SecretManager; policy: Pol
       );
       return {
         secrets: page.map(toProtoSecret),
-        nextPageToken: more ? encodePageToken(page.at(-1)!.name, digest) : "",
+        nextPageToken: next === undefined ? "" : encodePageToken(next, digest),
       };
     },
 
@@ -88,7 +89,7 @@ export function createSecretsService(deps: { secrets: SecretManager; policy: Pol
       const spec = request.secret!;
       const update: { -readonly [K in keyof SecretUpdate]: SecretUpdate[K] } = {};
       for (const path of request.updateMask!.paths) {
-        if (path === "description") update.description = spec.description;
+        if (path === "description") update.description = requirePlainText("secret.description", spec.description);
         if (path === "labels") update.labels = spec.labels;
         if (path === "max_versions") update.maxVersions = spec.maxVersions;
       }

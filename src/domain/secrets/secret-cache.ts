@@ -1,7 +1,7 @@
 /**
- * Reads of secret versions, served from memory: the stored (encrypted)
- * value and its metadata are kept per secret and version asked for
- * (`latest` included), never the plaintext. Entries of a secret are dropped
+ * Reads of a secret's latest version, served from memory: the stored
+ * (encrypted) value and its metadata are kept per secret, never the
+ * plaintext. Entries of a secret are dropped
  * when any replica changes it (the change feed), and nothing is cached
  * while the feed is not live, so a disable, destroy or new version anywhere
  * holds here within the feed's delay.
@@ -28,7 +28,10 @@ export function createSecretCache(deps: {
 }): SecretCache {
   const { repository, feed } = deps;
   const maxSecrets = deps.maxSecrets ?? 10_000;
-  const bySecret = new Map<string, Map<number | "latest", Promise<Read>>>();
+  // Only `latest` is kept, one value per secret: what services read at run
+  // time, and a bound on memory (a value is up to 64 KiB) that callers
+  // reading many old versions cannot push.
+  const latest = new Map<string, Promise<Read>>();
   // Bumped by every invalidation: a read that began before one must not be kept.
   let epoch = 0;
 
@@ -38,9 +41,9 @@ export function createSecretCache(deps: {
     }
     epoch++;
     if (name === undefined) {
-      bySecret.clear();
+      latest.clear();
     } else {
-      bySecret.delete(name);
+      latest.delete(name);
     }
   };
   feed.subscribe(invalidate);
@@ -48,29 +51,24 @@ export function createSecretCache(deps: {
   return {
     invalidate,
     read(name, version) {
-      if (!feed.live) {
+      if (version !== "latest" || !feed.live) {
         return repository.read(name, version);
       }
-      let versions = bySecret.get(name);
-      const cached = versions?.get(version);
+      const cached = latest.get(name);
       if (cached !== undefined) {
         return cached;
       }
-      if (versions === undefined) {
-        if (bySecret.size >= maxSecrets) {
-          bySecret.delete(bySecret.keys().next().value!);
-        }
-        versions = new Map();
-        bySecret.set(name, versions);
+      if (latest.size >= maxSecrets) {
+        latest.delete(latest.keys().next().value!);
       }
       const startedAt = epoch;
       const reading = repository.read(name, version);
-      versions.set(version, reading);
+      latest.set(name, reading);
       const forget = () => {
-        if (bySecret.get(name)?.get(version) === reading) bySecret.get(name)!.delete(version);
+        if (latest.get(name) === reading) latest.delete(name);
       };
       reading.then(
-        // A secret or version that does not exist (yet) is not remembered as missing.
+        // A secret without an ENABLED version (yet) is not remembered as such.
         (found) => (found === undefined || epoch !== startedAt) && forget(),
         forget,
       );

@@ -268,7 +268,7 @@ export function createPgSecretRepository(pool: pg.Pool): SecretRepository {
 
     async countBelow(keyName, version) {
       const { rows } = await pool.query<{ n: string }>(
-        "SELECT count(*) AS n FROM secret_versions WHERE key_name = $1 AND key_version < $2",
+        "SELECT count(*) AS n FROM secret_versions WHERE key_name = $1 AND key_version < $2 AND ciphertext IS NOT NULL",
         [keyName, version],
       );
       return Number(rows[0]!.n);
@@ -277,7 +277,7 @@ export function createPgSecretRepository(pool: pg.Pool): SecretRepository {
     async keysToRewrap() {
       const { rows } = await pool.query<{ key_name: string }>(
         `SELECT DISTINCT v.key_name FROM secret_versions v JOIN keys k ON k.name = v.key_name
-          WHERE v.key_version < k.primary_version AND k.state = 'ENABLED'`,
+          WHERE v.key_version < k.primary_version AND v.ciphertext IS NOT NULL AND k.state = 'ENABLED'`,
       );
       return rows.map((r) => r.key_name);
     },
@@ -286,7 +286,7 @@ export function createPgSecretRepository(pool: pg.Pool): SecretRepository {
       const { rows } = await pool.query<{ name: string; uid: string; version: string; ciphertext: Buffer; key_version: number }>(
         `SELECT s.name, s.uid, v.version, v.ciphertext, v.key_version
            FROM secret_versions v JOIN secrets s ON s.name = v.secret_name
-          WHERE v.key_name = $1 AND v.key_version < $2 AND (v.secret_name, v.version) > ($3, $4)
+          WHERE v.key_name = $1 AND v.key_version < $2 AND v.ciphertext IS NOT NULL AND (v.secret_name, v.version) > ($3, $4)
           ORDER BY v.secret_name, v.version
           LIMIT $5`,
         [keyName, primary, after?.secretName ?? "", after?.version ?? 0, limit],
@@ -326,7 +326,7 @@ export async function countStaleSecretVersions(pool: pg.Pool, timeoutMs: number)
   // connection goes back to the pool unchanged, even after a timeout.
   const results = (await pool.query(
     `SET LOCAL statement_timeout = ${Math.trunc(timeoutMs)};
-     SELECT count(*)::bigint AS stale FROM secret_versions v JOIN keys k ON k.name = v.key_name WHERE v.key_version < k.primary_version`,
+     SELECT count(*)::bigint AS stale FROM secret_versions v JOIN keys k ON k.name = v.key_name WHERE v.key_version < k.primary_version AND v.ciphertext IS NOT NULL`,
   )) as unknown as Array<{ rows: Array<{ stale: string }> }>;
   return Number(results[1]!.rows[0]!.stale);
 }

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { DomainError } from "../../../src/domain/errors.js";
 import { createUsageRecorder } from "../../../src/domain/keys/crypto-operations.js";
 import { durationToMs, parseKeyFilter, splitVersionName } from "../../../src/services/key-convert.js";
-import { decodePageToken, encodePageToken, filterDigest } from "../../../src/services/page-token.js";
+import { decodePageToken, encodePageToken, filterDigest, grantedPage } from "../../../src/services/page-token.js";
 
 describe("ListKeys filter", () => {
   it("reads every term kind, joined by AND", () => {
@@ -67,5 +67,37 @@ describe("usage recorder", () => {
       { keyName: "keys/a", version: 2, count: 1, lastUsedTime: at },
     ]);
     expect(usage.drain()).toEqual([]);
+  });
+});
+
+describe("granted pages", () => {
+  const names = Array.from({ length: 12_000 }, (_, i) => ({ name: `keys/k${String(i).padStart(5, "0")}` }));
+  const fetchOf = (calls: number[]) => async (after: string, limit: number) => {
+    calls.push(limit);
+    return names.filter((n) => n.name > after).slice(0, limit);
+  };
+
+  it("walks the whole list page by page, keeping only granted items, with no page past the end", async () => {
+    const granted = (n: { name: string }) => Number(n.name.slice(6)) % 1000 === 7;
+    const seen: string[] = [];
+    let after = "";
+    let pages = 0;
+    for (;;) {
+      const { page, next } = await grantedPage(fetchOf([]), granted, after, 3);
+      seen.push(...page.map((n) => n.name));
+      pages++;
+      if (next === undefined) break;
+      after = next;
+    }
+    expect(seen).toEqual(names.filter(granted).map((n) => n.name));
+    expect(pages).toBeLessThan(10);
+  });
+
+  it("stops one call after a bounded number of rows, returning a short page and where to go on", async () => {
+    const calls: number[] = [];
+    const { page, next } = await grantedPage(fetchOf(calls), () => false, "", 1);
+    expect(page).toEqual([]);
+    expect(next).toBe(names[4_999]!.name);
+    expect(calls.reduce((a, b) => a + b, 0)).toBe(5_000);
   });
 });
