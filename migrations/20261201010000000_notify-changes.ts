@@ -16,8 +16,13 @@ export async function up(pgm: MigrationBuilder): Promise<void> {
     CREATE FUNCTION keyward_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
       name text := to_jsonb(COALESCE(NEW, OLD)) ->> TG_ARGV[0];
+      old_name text := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) ->> TG_ARGV[0] END;
     BEGIN
       PERFORM pg_notify('keyward_changes', TG_TABLE_SCHEMA || ' ' || name);
+      -- A row moved to another key or secret changes the one it left too.
+      IF old_name IS DISTINCT FROM name AND old_name IS NOT NULL THEN
+        PERFORM pg_notify('keyward_changes', TG_TABLE_SCHEMA || ' ' || old_name);
+      END IF;
       RETURN NULL;
     END
     $$;

@@ -432,8 +432,13 @@ async function startKeys(
 
   const cache = createKeyCache({ repository, feed, rootKey });
   const usage = createUsageRecorder();
-  const flushUsage = () =>
-    repository.recordUsage(usage.drain()).catch((err: unknown) => log.warn({ error: (err as Error).message }, "key usage not recorded"));
+  const flushUsage = () => {
+    const deltas = usage.drain();
+    return repository.recordUsage(deltas).catch((err: unknown) => {
+      usage.restore(deltas);
+      log.warn({ error: (err as Error).message }, "key usage not recorded yet; kept for the next flush");
+    });
+  };
   const stopFlushing = runPeriodically(USAGE_FLUSH_MS, flushUsage);
   cleanups.push(async () => {
     await stopFlushing();

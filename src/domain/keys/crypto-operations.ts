@@ -29,6 +29,8 @@ export interface UsageRecorder {
   record(keyName: string, version: number, count: number): void;
   /** What was recorded since the last drain. */
   drain(): UsageDelta[];
+  /** Puts back what a drain took but could not write, so no use is lost. */
+  restore(deltas: readonly UsageDelta[]): void;
 }
 
 export function createUsageRecorder(now: () => Date = () => new Date()): UsageRecorder {
@@ -45,9 +47,17 @@ export function createUsageRecorder(now: () => Date = () => new Date()): UsageRe
     },
     drain() {
       const at = now();
-      const drained = [...pending.values()].map((e) => ({ ...e, lastUsedTime: at }));
+      // In key order, so that replicas writing the same rows lock them in one order.
+      const drained = [...pending.values()]
+        .map((e) => ({ ...e, lastUsedTime: at }))
+        .sort((a, b) => (a.keyName < b.keyName ? -1 : a.keyName > b.keyName ? 1 : a.version - b.version));
       pending = new Map();
       return drained;
+    },
+    restore(deltas) {
+      for (const d of deltas) {
+        this.record(d.keyName, d.version, d.count);
+      }
     },
   };
 }

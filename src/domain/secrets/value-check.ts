@@ -19,7 +19,15 @@ function text(type: SecretType, value: Uint8Array): string {
 const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----\r?\n([\s\S]*?)-----END \1-----/g;
 const PRIVATE_KEY_LABELS = ["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"];
 
+/** More PEM blocks than any certificate chain or key file holds; past it the value is refused unread. */
+const MAX_PEM_BLOCKS = 16;
+
 function pemBlocks(type: SecretType, value: string): Array<{ label: string; pem: string }> {
+  // Counted before the block pattern runs: its cost grows with the number
+  // of BEGIN lines times the length, and a caller chooses both.
+  if ((value.match(/-----BEGIN /g)?.length ?? 0) > MAX_PEM_BLOCKS) {
+    throw invalid(type, `it holds more than ${MAX_PEM_BLOCKS} PEM blocks`);
+  }
   const blocks = [...value.matchAll(PEM_BLOCK)].map((m) => ({ label: m[1]!, pem: m[0] }));
   const rest = value.replace(PEM_BLOCK, "").trim();
   if (rest !== "") {

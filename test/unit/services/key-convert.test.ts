@@ -68,6 +68,21 @@ describe("usage recorder", () => {
     ]);
     expect(usage.drain()).toEqual([]);
   });
+
+  it("puts back what could not be written, added to what came since, in key order", () => {
+    const at = new Date("2026-11-30T00:00:00Z");
+    const usage = createUsageRecorder(() => at);
+    usage.record("keys/b", 1, 2);
+    usage.record("keys/a", 3, 1);
+    const failed = usage.drain();
+    expect(failed.map((d) => d.keyName)).toEqual(["keys/a", "keys/b"]);
+    usage.record("keys/b", 1, 5);
+    usage.restore(failed);
+    expect(usage.drain()).toEqual([
+      { keyName: "keys/a", version: 3, count: 1, lastUsedTime: at },
+      { keyName: "keys/b", version: 1, count: 7, lastUsedTime: at },
+    ]);
+  });
 });
 
 describe("granted pages", () => {

@@ -326,3 +326,13 @@ describe("checkValue: SSH_KEY (one OpenSSH or PEM private key)", () => {
     expectInvalid("SSH_KEY", utf8(`${pem.openssh}comment: ${MARKER}\n`), /holds text outside PEM blocks$/);
   });
 });
+
+describe("PEM values built to be slow", () => {
+  it("are refused unread past 16 blocks, at once", () => {
+    const value = Buffer.from("-----BEGIN A-----\n".repeat(3_600));
+    const started = performance.now();
+    expect(() => checkValue("PEM_CERTIFICATE", value)).toThrow("it holds more than 16 PEM blocks");
+    expect(() => checkValue("SSH_KEY", value)).toThrow("it holds more than 16 PEM blocks");
+    expect(performance.now() - started).toBeLessThan(50);
+  });
+});
