@@ -115,12 +115,27 @@ export function createKeyManager(deps: KeyManagerDeps): KeyManager {
     return stored;
   };
 
-  /** Rotates with material minted for the version the rotation creates (the row is locked meanwhile). */
-  const rotateLocked = async (current: StoredKey): Promise<KeyMutation<KeyWithVersion>> => {
-    const rotated = rotate(current.key, current.versions, clock.now());
-    const minted = await mintMaterial(rootKey, rotated.key.name, rotated.version.version, rotated.key.algorithm as KeyAlgorithm);
+  /**
+   * Material for the version a rotation of `current` would create, made
+   * before the key's row is locked: generating an RSA-4096 key takes a
+   * second or more, and the lock would hold up every write that needs the
+   * key meanwhile. Under the lock, {@link rotateWith} uses it only if the
+   * rotation still creates that very version.
+   */
+  const mintFor = async (current: StoredKey) => {
+    const planned = rotate(current.key, current.versions, clock.now());
+    const minted = await mintMaterial(rootKey, planned.key.name, planned.version.version, planned.key.algorithm as KeyAlgorithm);
+    return { version: planned.version.version, ...minted };
+  };
+
+  /** The rotation of the locked key with the minted material; undefined when another rotation came first. */
+  const rotateWith = (locked: StoredKey, minted: Awaited<ReturnType<typeof mintFor>>): KeyMutation<KeyWithVersion> | undefined => {
+    const rotated = rotate(locked.key, locked.versions, clock.now());
+    if (rotated.version.version !== minted.version) {
+      return undefined;
+    }
     return {
-      write: { key: rotated.key, newVersion: { version: rotated.version, ...minted } },
+      write: { key: rotated.key, newVersion: { version: rotated.version, wrapped: minted.wrapped, publicKeyPem: minted.publicKeyPem } },
       result: rotated,
     };
   };
@@ -168,7 +183,26 @@ export function createKeyManager(deps: KeyManagerDeps): KeyManager {
       );
     },
 
-    rotate: (name, within) => repository.mutate(name, rotateLocked, within),
+    async rotate(name, within) {
+      for (;;) {
+        const minted = await mintFor(await get(name));
+        let applied = false;
+        const outcome = await repository.mutate<KeyWithVersion | undefined>(
+          name,
+          (locked) => {
+            const rotation = rotateWith(locked, minted);
+            applied = rotation !== undefined;
+            return rotation ?? { result: undefined };
+          },
+          // The call's event is written with the round that rotates, once.
+          (tx) => (applied ? within(tx) : Promise.resolve()),
+        );
+        if (outcome !== undefined) {
+          return outcome;
+        }
+        // Another rotation took the version number meanwhile: mint for the next one.
+      }
+    },
 
     enable: (name, within) => repository.mutate(name, (c) => keyChange(enableKey(c.key, clock.now())), within),
 
@@ -216,15 +250,23 @@ export function createKeyManager(deps: KeyManagerDeps): KeyManager {
       return { pem: material.publicKeyPem, key: stored.key, version: n };
     },
 
-    runDue(name, audit) {
+    async runDue(name, audit) {
+      // Material for a due rotation is minted before the lock (see mintFor).
+      const before = await get(name);
+      const minted = rotationDue(before.key, clock.now()) ? await mintFor(before) : undefined;
       let done: DueOutcome = "not-due";
       return repository.mutate(
         name,
-        async (current): Promise<KeyMutation<DueOutcome>> => {
+        (current): KeyMutation<DueOutcome> => {
           const now = clock.now();
           if (rotationDue(current.key, now)) {
+            // Rotated by another replica meanwhile, or due only now: the next run does it.
+            const rotation = minted && rotateWith(current, minted);
+            if (rotation === undefined) {
+              return { result: done };
+            }
             done = "rotated";
-            return { write: (await rotateLocked(current)).write, result: done };
+            return { write: rotation.write, result: done };
           }
           const due = destroyDue(current.key, current.versions, now);
           if (due.kind === "destroyed") {
