@@ -187,7 +187,33 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
     return resolved.opened.envelope!;
   };
 
+  // usableFor has checked the purpose, so the primitives of that purpose are there.
+  const signingOf = (resolved: Resolved) => {
+    if (resolved.opened.loaded.purpose !== "SIGN_VERIFY") throw new TypeError("not a signing key");
+    return resolved.opened.loaded;
+  };
+  const macOf = (resolved: Resolved) => {
+    if (resolved.opened.loaded.purpose !== "MAC") throw new TypeError("not a MAC key");
+    return resolved.opened.loaded.mac;
+  };
+
   const used = (resolved: Resolved, count = 1) => usage.record(resolved.key.name, resolved.version, count);
+
+  /** Encrypt or seal: the primary version (or the one named), associated data of `domain`. */
+  const seal = async (domain: number, name: string, version: number | undefined, plaintext: Uint8Array, aad: Uint8Array) => {
+    const resolved = await resolve(name, version, "encrypt");
+    const ciphertext = envelopeOf(resolved).encrypt(plaintext, scoped(domain, aad));
+    used(resolved);
+    return { ciphertext, keyVersion: resolved.name };
+  };
+
+  /** Decrypt or open: the version the ciphertext names, associated data of `domain`. */
+  const open = async (domain: number, name: string, ciphertext: Uint8Array, aad: Uint8Array) => {
+    const resolved = await resolveCiphertext(name, ciphertext);
+    const plaintext = envelopeOf(resolved).decrypt(ciphertext, scoped(domain, aad));
+    used(resolved);
+    return { plaintext, keyVersion: resolved.name };
+  };
 
   const signInputError = (err: unknown): never => {
     if (err instanceof SignatureInputError) {
@@ -199,19 +225,9 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
   const asItemError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
 
   return {
-    async encrypt(name, version, plaintext, aad) {
-      const resolved = await resolve(name, version, "encrypt");
-      const ciphertext = envelopeOf(resolved).encrypt(plaintext, scoped(CALLER, aad));
-      used(resolved);
-      return { ciphertext, keyVersion: resolved.name };
-    },
+    encrypt: (name, version, plaintext, aad) => seal(CALLER, name, version, plaintext, aad),
 
-    async decrypt(name, ciphertext, aad) {
-      const resolved = await resolveCiphertext(name, ciphertext);
-      const plaintext = envelopeOf(resolved).decrypt(ciphertext, scoped(CALLER, aad));
-      used(resolved);
-      return { plaintext, keyVersion: resolved.name };
-    },
+    decrypt: (name, ciphertext, aad) => open(CALLER, name, ciphertext, aad),
 
     async reEncrypt(name, ciphertext, aad, destination) {
       const source = await resolveCiphertext(name, ciphertext);
@@ -228,19 +244,15 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
     },
 
     async generateDataKey(name, version, length, aad) {
-      const resolved = await resolve(name, version, "encrypt");
       const plaintext = randomBytes(length);
-      const ciphertext = envelopeOf(resolved).encrypt(plaintext, scoped(CALLER, aad));
-      used(resolved);
-      return { plaintext, ciphertext, keyVersion: resolved.name };
+      return { plaintext, ...(await seal(CALLER, name, version, plaintext, aad)) };
     },
 
     async sign(name, version, input) {
       const resolved = await resolve(name, version, "sign");
-      if (resolved.opened.loaded.purpose !== "SIGN_VERIFY") throw new TypeError("not a signing key");
       let signature: Buffer;
       try {
-        signature = await resolved.opened.loaded.signer.sign(input);
+        signature = await signingOf(resolved).signer.sign(input);
       } catch (err) {
         return signInputError(err);
       }
@@ -250,10 +262,9 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
 
     async verify(name, version, input, signature) {
       const resolved = await resolve(name, version, "verify");
-      if (resolved.opened.loaded.purpose !== "SIGN_VERIFY") throw new TypeError("not a signing key");
       let valid: boolean;
       try {
-        valid = await resolved.opened.loaded.verifier.verify(input, signature);
+        valid = await signingOf(resolved).verifier.verify(input, signature);
       } catch (err) {
         return signInputError(err);
       }
@@ -263,16 +274,14 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
 
     async mac(name, version, data) {
       const resolved = await resolve(name, version, "mac");
-      if (resolved.opened.loaded.purpose !== "MAC") throw new TypeError("not a MAC key");
-      const mac = resolved.opened.loaded.mac.compute(data);
+      const mac = macOf(resolved).compute(data);
       used(resolved);
       return { mac, keyVersion: resolved.name };
     },
 
     async verifyMac(name, version, data, mac) {
       const resolved = await resolve(name, version, "verify-mac");
-      if (resolved.opened.loaded.purpose !== "MAC") throw new TypeError("not a MAC key");
-      const valid = resolved.opened.loaded.mac.verify(data, mac);
+      const valid = macOf(resolved).verify(data, mac);
       used(resolved);
       return { valid, keyVersion: resolved.name };
     },
@@ -291,19 +300,9 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
       return { results, keyVersion: resolved.name };
     },
 
-    async sealValue(name, version, plaintext, binding) {
-      const resolved = await resolve(name, version, "encrypt");
-      const ciphertext = envelopeOf(resolved).encrypt(plaintext, scoped(STORED, binding));
-      used(resolved);
-      return { ciphertext, keyVersion: resolved.name };
-    },
+    sealValue: (name, version, plaintext, binding) => seal(STORED, name, version, plaintext, binding),
 
-    async openValue(name, ciphertext, binding) {
-      const resolved = await resolveCiphertext(name, ciphertext);
-      const plaintext = envelopeOf(resolved).decrypt(ciphertext, scoped(STORED, binding));
-      used(resolved);
-      return { plaintext, keyVersion: resolved.name };
-    },
+    openValue: (name, ciphertext, binding) => open(STORED, name, ciphertext, binding),
 
     async batchDecrypt(name, items) {
       // A key that may not decrypt at all fails the call, not each item.
