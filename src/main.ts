@@ -23,6 +23,7 @@ import { devPkiPaths, ensureDevPki } from "./dev/pki.js";
 import type { AuditRecord } from "./domain/audit/event.js";
 import { createGroupCommitter } from "./domain/audit/group-commit.js";
 import { createCryptoOperations, createUsageRecorder } from "./domain/keys/crypto-operations.js";
+import type { Clock } from "./domain/keys/clock.js";
 import { createKeyCache } from "./domain/keys/key-cache.js";
 import { createKeyManager } from "./domain/keys/key-manager.js";
 import { createKeyScheduler } from "./domain/keys/scheduler.js";
@@ -162,7 +163,7 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       repository: secretRepository,
       keys,
       crypto,
-      clock: { now: () => new Date() },
+      clock: SYSTEM_CLOCK,
       cache: createSecretCache({ repository: secretRepository, feed }),
     });
     startRewrap(config, secrets, log, cleanups);
@@ -397,6 +398,9 @@ async function startAudit(
   return { auditLog, auditPool, auditReader, checkpointSigner };
 }
 
+/** The wall clock, for the domain's Clock port (tests of the pure parts pass their own). */
+const SYSTEM_CLOCK: Clock = { now: () => new Date() };
+
 /** How often usage counters are written: GetKey/ListKeyVersions may lag by this much. */
 const USAGE_FLUSH_MS = 2000;
 
@@ -420,7 +424,7 @@ async function startKeys(
   },
 ) {
   const { databaseUrl, pool, rootKey, log, cleanups, auditReader, policy, storedValuesBelow } = deps;
-  const clock = { now: () => new Date() };
+  const clock = SYSTEM_CLOCK;
   const repository = createPgKeyRepository(pool);
   const { rows } = await pool.query<{ schema: string }>("SELECT current_schema() AS schema");
   const feed = createPgChangeFeed(databaseUrl, rows[0]!.schema, {
