@@ -12,12 +12,12 @@
  */
 import { randomBytes } from "node:crypto";
 import { DecryptionError } from "../../crypto/aead.js";
-import { parseCiphertext, type Envelope } from "../../crypto/envelope.js";
+import { forgetDataKeys, parseCiphertext, type DataKeyMemo, type Envelope } from "../../crypto/envelope.js";
 import { SignatureInputError, type SignInput } from "../../crypto/signing.js";
 import { DomainError } from "../errors.js";
 import { keyVersionName, type Key } from "./key.js";
 import type { KeyCache, OpenedVersion } from "./key-cache.js";
-import { findVersion } from "./key-manager.js";
+import { findVersion, missingVersion } from "./key-manager.js";
 import type { StoredKey, UsageDelta } from "./repository.js";
 import { KEY_OPERATIONS, usableFor, type KeyOperation } from "./state-machine.js";
 
@@ -172,6 +172,9 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
     }
     const { key } = cached.stored;
     const found = cached.stored.versions.find((v) => v.version === header.keyVersion);
+    if (found === undefined && header.keyVersion >= 1 && header.keyVersion <= key.primaryVersion) {
+      throw missingVersion(name, header.keyVersion);
+    }
     if (found === undefined) {
       throw new DecryptionError({ cause: new Error(`ciphertext names version ${header.keyVersion} of ${name}, which does not exist`) });
     }
@@ -289,13 +292,24 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
     async batchEncrypt(name, version, items) {
       const resolved = await resolve(name, version, "encrypt");
       const envelope = envelopeOf(resolved);
-      const results = items.map((item): ItemResult<Buffer> => {
-        try {
-          return { ok: true, value: envelope.encrypt(item.plaintext, scoped(CALLER, item.aad)), keyVersion: resolved.name };
-        } catch (err) {
-          return { ok: false, error: asItemError(err) };
-        }
+      // Items with the same associated data share one data key (Envelope.encryptAll).
+      const groups = new Map<string, number[]>();
+      items.forEach((item, i) => {
+        const aad = Buffer.from(item.aad.buffer, item.aad.byteOffset, item.aad.byteLength).toString("latin1");
+        const group = groups.get(aad);
+        if (group) group.push(i);
+        else groups.set(aad, [i]);
       });
+      const results: ItemResult<Buffer>[] = new Array(items.length);
+      for (const indexes of groups.values()) {
+        try {
+          const plaintexts = indexes.map((i) => items[i]!.plaintext);
+          const ciphertexts = envelope.encryptAll(plaintexts, scoped(CALLER, items[indexes[0]!]!.aad));
+          indexes.forEach((i, n) => (results[i] = { ok: true, value: ciphertexts[n]!, keyVersion: resolved.name }));
+        } catch (err) {
+          indexes.forEach((i) => (results[i] = { ok: false, error: asItemError(err) }));
+        }
+      }
       used(resolved, results.filter((r) => r.ok).length);
       return { results, keyVersion: resolved.name };
     },
@@ -308,18 +322,24 @@ export function createCryptoOperations(deps: { cache: KeyCache; usage: UsageReco
       // A key that may not decrypt at all fails the call, not each item.
       requireKeyUsable((await cache.get(name)).stored, "decrypt");
       const results: ItemResult<Buffer>[] = [];
-      for (const item of items) {
-        try {
-          const resolved = await resolveCiphertext(name, item.ciphertext);
-          const plaintext = envelopeOf(resolved).decrypt(item.ciphertext, scoped(CALLER, item.aad));
-          used(resolved);
-          results.push({ ok: true, value: plaintext, keyVersion: resolved.name });
-        } catch (err) {
-          if (err instanceof DomainError && err.kind === "not-found") {
-            throw err;
+      // Ciphertexts made by one BatchEncrypt share a data key: unwrap it once.
+      const dataKeys: DataKeyMemo = new Map();
+      try {
+        for (const item of items) {
+          try {
+            const resolved = await resolveCiphertext(name, item.ciphertext);
+            const plaintext = envelopeOf(resolved).decrypt(item.ciphertext, scoped(CALLER, item.aad), dataKeys);
+            used(resolved);
+            results.push({ ok: true, value: plaintext, keyVersion: resolved.name });
+          } catch (err) {
+            if (err instanceof DomainError && err.kind === "not-found") {
+              throw err;
+            }
+            results.push({ ok: false, error: asItemError(err) });
           }
-          results.push({ ok: false, error: asItemError(err) });
         }
+      } finally {
+        forgetDataKeys(dataKeys);
       }
       return results;
     },

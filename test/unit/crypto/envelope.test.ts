@@ -13,7 +13,9 @@ import {
   CIPHERTEXT_FIXED_OVERHEAD,
   ciphertextOverhead,
   createEnvelope,
+  type DataKeyMemo,
   type Envelope,
+  forgetDataKeys,
   MAX_CIPHERTEXT_LENGTH,
   MAX_CIPHERTEXT_OVERHEAD,
   MAX_KEY_NAME_LENGTH,
@@ -143,6 +145,51 @@ describe.each(AEAD_ALGORITHMS)("envelope with a %s key version", (algorithm) => 
       seen.nonce.add(sealed.subarray(at.nonce, at.data).toString("hex"));
     }
     expect([seen.wrapped.size, seen.nonce.size]).toEqual([500, 500]);
+  });
+
+  describe("encryptAll: one data key for a batch", () => {
+    const plaintexts = Array.from({ length: 300 }, (_, i) => Buffer.alloc(i, i));
+    const sealed = envelope.encryptAll(plaintexts, AAD);
+
+    it("wraps the data key once and gives every message a nonce of its own", () => {
+      const wrapped = new Set(sealed.map((c) => c.subarray(at.wrappedNonce, at.nonce).toString("hex")));
+      const nonces = new Set(sealed.map((c) => c.subarray(at.nonce, at.data).toString("hex")));
+      expect([wrapped.size, nonces.size]).toEqual([1, plaintexts.length]);
+      // Another batch, another data key.
+      const next = envelope.encryptAll(plaintexts.slice(0, 1), AAD)[0]!;
+      expect(wrapped.has(next.subarray(at.wrappedNonce, at.nonce).toString("hex"))).toBe(false);
+    });
+
+    it("writes ciphertexts that each decrypt alone, with or without a memo of data keys", () => {
+      const memo: DataKeyMemo = new Map();
+      sealed.forEach((c, i) => {
+        expect(envelope.decrypt(c, AAD).equals(plaintexts[i]!)).toBe(true);
+        expect(envelope.decrypt(c, AAD, memo).equals(plaintexts[i]!)).toBe(true);
+      });
+      expect(memo.size).toBe(1);
+      const [remembered] = [...memo.values()];
+      forgetDataKeys(memo);
+      expect(memo.size).toBe(0);
+      expect(remembered!.dataKey.equals(Buffer.alloc(32))).toBe(true);
+    });
+
+    it("refuses, through the memo too, other associated data, a flipped bit or a header of another version", () => {
+      const memo: DataKeyMemo = new Map();
+      envelope.decrypt(sealed[1]!, AAD, memo);
+      expectDecryptionFailure(() => envelope.decrypt(sealed[2]!, Buffer.from("other"), memo));
+      expectDecryptionFailure(() => envelope.decrypt(flip(sealed[2]!, at.data), AAD, memo));
+      expectDecryptionFailure(() => envelope.decrypt(flip(sealed[2]!, sealed[2]!.length - 1), AAD, memo));
+      const otherVersion = envelopeFor(algorithm, keyName, 6);
+      const moved = Buffer.from(sealed[2]!);
+      moved.writeUInt32BE(6, at.version);
+      expectDecryptionFailure(() => otherVersion.decrypt(moved, AAD, memo));
+      expect(envelope.decrypt(sealed[2]!, AAD, memo).equals(plaintexts[2]!)).toBe(true);
+      forgetDataKeys(memo);
+    });
+
+    it("refuses a plaintext over 256 KiB anywhere in the batch", () => {
+      expect(() => envelope.encryptAll([PLAINTEXT, Buffer.alloc(MAX_PLAINTEXT_LENGTH + 1)], AAD)).toThrow(RangeError);
+    });
   });
 
   it.each([
