@@ -9,5 +9,9 @@ export default defineConfig({
     hookTimeout: 60_000,
     pool: "forks",
     fileParallelism: true,
+    // Most files spend their time waiting on server processes, TLS and
+    // PostgreSQL rather than computing: more files at once than cores keeps
+    // a small machine busy (vitest's default is one fewer than the cores).
+    maxWorkers: 4,
   },
 });

@@ -1,6 +1,8 @@
+import cluster from "node:cluster";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { DRAINING_MESSAGE, READY_MESSAGE, SHUTDOWN_MESSAGE } from "./cluster.js";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { DEV_CLIENTS, issueCertificate, loadDevCertificateAuthority } from "./dev/pki.js";
 import { createLogger } from "./log.js";
@@ -51,38 +53,71 @@ async function main(argv: string[]): Promise<number> {
 }
 
 async function serve(config: Config): Promise<number> {
-  const log = createLogger(config.logLevel);
+  const root = createLogger(config.logLevel);
+  const log = cluster.isWorker ? root.child({ worker: cluster.worker!.id }) : root;
   // Listen for signals before starting, so that one arriving during start-up
   // still stops everything started (the embedded database included).
-  let signalled: NodeJS.Signals | undefined;
+  let signalled: string | undefined;
   let wake = () => {};
+  const stopped = new Promise<void>((resolve) => (wake = resolve));
+  const stop = (reason: string) => {
+    if (!signalled) {
+      signalled = reason;
+      wake();
+    }
+  };
   const onSignal = (signal: NodeJS.Signals) => {
-    if (signalled) {
+    if (signalled && !cluster.isWorker) {
       log.warn({ signal }, "second signal: exiting without draining");
       log.flush();
       process.exit(1);
     }
-    signalled = signal;
-    wake();
+    stop(signal);
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  if (cluster.isWorker) {
+    process.on("message", (message) => message === SHUTDOWN_MESSAGE && stop("supervisor"));
+    // The supervisor is gone: nobody would replace or stop this worker.
+    process.on("disconnect", () => stop("supervisor exited"));
+  }
+
+  if (cluster.isPrimary && config.workers > 1) {
+    try {
+      const { superviseWorkers } = await import("./cluster.js");
+      return await superviseWorkers(config, log, stopped, (started) => {
+        if (started.development && !signalled) process.stderr.write(banner(config, started));
+      });
+    } catch (err) {
+      log.fatal({ error: (err as Error).message }, "keyward failed to start");
+      return 1;
+    }
+  }
 
   let running: RunningKeyward;
+  // A stop while start-up still waits for the database ends the wait.
+  const starting = new AbortController();
+  void stopped.then(() => starting.abort());
   try {
     // Loaded here so that the other commands do not load the whole server.
     const { startKeyward } = await import("./main.js");
-    running = await startKeyward(config, log);
+    running = await startKeyward(config, log, { signal: starting.signal });
   } catch (err) {
+    if (starting.signal.aborted && (err as Error).name === "AbortError") {
+      log.info({ signal: signalled }, "stopped before the database was reachable");
+      return 0;
+    }
     log.fatal({ error: (err as Error).message }, "keyward failed to start");
     return 1;
   }
-  if (running.development && !signalled) {
+  // A worker's readiness is answered by the supervisor's GET /readyz.
+  const tellSupervisor = (message: string) => cluster.isWorker && process.connected && process.send!(message);
+  tellSupervisor(READY_MESSAGE);
+  if (running.development && !signalled && cluster.isPrimary) {
     process.stderr.write(banner(config, running));
   }
-  if (!signalled) {
-    await new Promise<void>((resolve) => (wake = resolve));
-  }
+  await stopped;
+  tellSupervisor(DRAINING_MESSAGE);
   log.info({ signal: signalled, graceMs: config.shutdownGraceMs }, "shutting down: draining calls in flight");
   try {
     await running.close();
@@ -94,7 +129,7 @@ async function serve(config: Config): Promise<number> {
   return 0;
 }
 
-function banner(config: Config, running: RunningKeyward): string {
+function banner(config: Config, running: Pick<RunningKeyward, "address">): string {
   const path = (file: string) => {
     const rel = relative(process.cwd(), file);
     return rel.startsWith("..") ? file : rel;

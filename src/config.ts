@@ -23,10 +23,18 @@ export interface Config {
    * absent: no metrics endpoint and no metrics collected.
    */
   readonly metricsListen: { readonly host: string; readonly port: number } | undefined;
+  /** Server processes sharing the listening port (node:cluster); 1: this process serves alone. */
+  readonly workers: number;
   readonly dataDir: string;
   /** Absent: an embedded PostgreSQL runs in `<dataDir>/postgres`. */
   readonly databaseUrl: string | undefined;
   readonly databasePoolMax: number;
+  /**
+   * How long a call waits for a database connection, and then for each
+   * query's answer, before failing UNAVAILABLE: a database that stops
+   * answering (frozen, cut off) fails calls instead of hanging them.
+   */
+  readonly databaseTimeoutMs: number;
   /** Schema holding Keyward's tables; absent: the connection's default (usually `public`). */
   readonly databaseSchema: string | undefined;
   /** Absent: dev PKI in `<dataDir>/pki`, created on first run. */
@@ -58,6 +66,18 @@ export interface Config {
     /** How often stored values still on older key versions are looked for and re-encrypted. */
     readonly rewrapIntervalMs: number;
   };
+  /** Bounds on what one caller can make a server process hold. */
+  readonly limits: {
+    /** Largest request message accepted, in bytes; a larger one fails RESOURCE_EXHAUSTED unread. */
+    readonly maxMessageBytes: number;
+    /** Calls one identity may have in flight at once on a server process; more fail RESOURCE_EXHAUSTED. */
+    readonly maxCallsPerIdentity: number;
+    /**
+     * How long a TLS handshake, a connection without calls, or a call whose
+     * request has not fully arrived may stay silent before it is closed.
+     */
+    readonly idleTimeoutMs: number;
+  };
 }
 
 /** Thrown for a bad environment; names the variable, never echoes its value. */
@@ -72,9 +92,11 @@ export class ConfigError extends Error {
 export const ENV_VARS = {
   KEYWARD_LISTEN: "127.0.0.1:8443",
   KEYWARD_METRICS_LISTEN: "(unset: no metrics endpoint)",
+  KEYWARD_WORKERS: "1",
   KEYWARD_DATA_DIR: "./.keyward",
   DATABASE_URL: "(unset: embedded PostgreSQL in <data>/postgres)",
   KEYWARD_DB_POOL_MAX: "10",
+  KEYWARD_DB_TIMEOUT_MS: "5000",
   KEYWARD_DB_SCHEMA: "(unset: the connection's default schema, usually public)",
   KEYWARD_TLS_CERT: "(unset: dev PKI <data>/pki/server.crt)",
   KEYWARD_TLS_KEY: "(unset: dev PKI <data>/pki/server.key)",
@@ -92,6 +114,9 @@ export const ENV_VARS = {
   KEYWARD_KEY_MIN_PENDING_WINDOW_MS: "86400000",
   KEYWARD_KEY_SCHEDULER_INTERVAL_MS: "30000",
   KEYWARD_SECRET_REWRAP_INTERVAL_MS: "10000",
+  KEYWARD_MAX_MESSAGE_BYTES: "4194304",
+  KEYWARD_MAX_CALLS_PER_IDENTITY: "256",
+  KEYWARD_IDLE_TIMEOUT_MS: "30000",
 } as const;
 
 /**
@@ -164,9 +189,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
   const config: Config = {
     listen,
     metricsListen,
+    workers: integer("KEYWARD_WORKERS", 1, 64),
     dataDir: path("KEYWARD_DATA_DIR") ?? resolve(cwd, ENV_VARS.KEYWARD_DATA_DIR),
     databaseUrl,
     databasePoolMax: integer("KEYWARD_DB_POOL_MAX", 1, 500),
+    databaseTimeoutMs: integer("KEYWARD_DB_TIMEOUT_MS", 100, 600_000),
     databaseSchema,
     tls:
       tlsSet === 3
@@ -193,6 +220,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     },
     secrets: {
       rewrapIntervalMs: integer("KEYWARD_SECRET_REWRAP_INTERVAL_MS", 100, 86_400_000),
+    },
+    limits: {
+      // At least 1 MiB, so that every single-item request at its documented
+      // maximum (a 256 KiB plaintext with 64 KiB of associated data) fits.
+      maxMessageBytes: integer("KEYWARD_MAX_MESSAGE_BYTES", 1_048_576, 67_108_864),
+      maxCallsPerIdentity: integer("KEYWARD_MAX_CALLS_PER_IDENTITY", 1, 100_000),
+      idleTimeoutMs: integer("KEYWARD_IDLE_TIMEOUT_MS", 1000, 3_600_000),
     },
   };
   return deepFreeze(config);

@@ -1,3 +1,4 @@
+import cluster from "node:cluster";
 import { randomUUID } from "node:crypto";
 import { mkdir, readFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
@@ -7,6 +8,7 @@ import { createValidator } from "@bufbuild/protovalidate";
 import { createValidateInterceptor } from "@connectrpc/validate";
 import type { Logger } from "pino";
 import type pg from "pg";
+import { AggregatorRegistry } from "prom-client";
 import { AccessService } from "../gen/keyward/v1/access_pb.js";
 import { AuditService } from "../gen/keyward/v1/audit_pb.js";
 import { CryptoService } from "../gen/keyward/v1/crypto_pb.js";
@@ -33,12 +35,13 @@ import { createCheckpointSigner } from "./domain/audit/signer.js";
 import { createAccessLogInterceptor } from "./server/interceptors/access-log.js";
 import { createAuditInterceptor } from "./server/interceptors/audit.js";
 import { createAuthenticateInterceptor, createAuthorizeResourceInterceptor } from "./server/interceptors/authorize.js";
+import { createCallLimitInterceptor } from "./server/interceptors/call-limit.js";
 import { createErrorInterceptor } from "./server/interceptors/errors.js";
 import { createMetricsInterceptor } from "./server/interceptors/metrics.js";
-import { createMetrics, serveMetrics, STALE_COUNT_TIMEOUT_MS } from "./server/metrics.js";
+import { createMetrics, serveMetrics, STALE_COUNT_TIMEOUT_MS, type Readiness } from "./server/metrics.js";
 import { createPolicyStore } from "./server/policy-store.js";
 import { createRegexMatch } from "./server/regex-match.js";
-import { createKeywardServer } from "./server/server.js";
+import { createKeywardServer, type ServerOptions } from "./server/server.js";
 import { loadTlsMaterial, watchTlsFiles } from "./server/tls.js";
 import { createAccessService } from "./services/access-service.js";
 import { createAuditService } from "./services/audit-service.js";
@@ -56,6 +59,9 @@ import { startEmbeddedPostgres } from "./storage/pg/embedded.js";
 import { runPeriodically } from "./periodic.js";
 import { migrate } from "./storage/pg/migrate.js";
 import { createPool } from "./storage/pg/pool.js";
+import { isDatabaseUnavailable } from "./storage/pg/errors.js";
+import { waitForDatabase } from "./storage/pg/wait.js";
+import { createUnavailableService } from "./services/unavailable-service.js";
 
 /** The Keyward API services, in the order reflection lists them. */
 export const KEYWARD_SERVICES: readonly DescService[] = [
@@ -72,7 +78,7 @@ export const INFRASTRUCTURE_SERVICES: readonly DescService[] = [Health, ServerRe
 /** A started Keyward: its address and how to stop it. */
 export interface RunningKeyward {
   readonly address: AddressInfo;
-  /** Where `GET /metrics` is served; undefined when KEYWARD_METRICS_LISTEN is unset (no port opened). */
+  /** Where `GET /metrics`, `/readyz` and `/livez` are served; undefined when KEYWARD_METRICS_LISTEN is unset (no port opened). */
   readonly metricsAddress?: AddressInfo;
   /** Which files the server uses, resolved (dev defaults included). */
   readonly files: { readonly tls: TlsConfig; readonly policyFile: string };
@@ -82,24 +88,43 @@ export interface RunningKeyward {
   close(): Promise<void>;
 }
 
+/** Options for {@link startKeyward}. */
+export interface StartOptions {
+  /**
+   * Aborting it while start-up waits for an unreachable database stops what
+   * was started and rejects with the signal's reason (SIGTERM before the
+   * database ever answered). Default: wait until the database answers.
+   */
+  readonly signal?: AbortSignal;
+}
+
 /**
- * The composition root: config → dev defaults → database → migrations →
- * root key check → policy → server → listen. Everything it starts, it stops
- * in `close()`, in reverse order; a failure half-way stops what was started.
+ * The composition root: config → dev defaults → policy → server → database
+ * (waited for) → migrations → root key check → routes → listen. Resolves
+ * once every call is served. While the database cannot be reached the server
+ * already listens, answering health (NOT_SERVING) and refusing every other
+ * call UNAVAILABLE, and `GET /readyz` (when KEYWARD_METRICS_LISTEN is set)
+ * answers 503 `starting`: 200 `ready` once resolved, 503 `draining` from the
+ * moment `close()` is called. Everything it starts, it stops in `close()`: the
+ * listener first (calls in flight drain), the rest in reverse order; a
+ * failure half-way stops what was started.
  */
-export async function startKeyward(config: Config, log: Logger): Promise<RunningKeyward> {
+export async function startKeyward(config: Config, log: Logger, options: StartOptions = {}): Promise<RunningKeyward> {
   const cleanups: Array<() => Promise<void> | void> = [];
+  // Set once the listener is open.
+  let stopServing: (() => Promise<void>) | undefined;
   let closing: Promise<void> | undefined;
+  // What GET /readyz answers: "ready" once every route is served, until shutdown.
+  let readiness: Readiness = "starting";
   const cleanup = () =>
     (closing ??= (async () => {
+      readiness = "draining";
+      await stopServing?.();
       for (const step of [...cleanups].reverse()) {
         await step();
       }
     })());
   try {
-    // Searchable but not listable by others: an embedded PostgreSQL running as
-    // the "postgres" user must reach <data>/postgres; the PKI and root key inside stay private.
-    await mkdir(config.dataDir, { recursive: true, mode: 0o711 });
     const { tls, policyFile, rootKey, dev } = await resolveMaterials(config, log);
 
     let databaseUrl = config.databaseUrl;
@@ -113,11 +138,83 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       dev.push("embedded PostgreSQL");
     }
 
-    const applied = await migrate({
-      connectionString: databaseUrl,
-      schema: config.databaseSchema,
-      log: (message) => log.debug({ component: "migrate" }, message),
+    const policy = createPolicyStore(policyFile, log);
+    cleanups.push(() => policy.close());
+
+    const health = createHealthStatus(ServingStatus.NOT_SERVING);
+    const draining = new AbortController();
+    const served = [...KEYWARD_SERVICES, ...INFRASTRUCTURE_SERVICES];
+    const server = createKeywardServer({
+      tls: loadTlsMaterial(tls),
+      draining,
+      limits: config.limits,
+      ...startingRoutes({ log, policy, health, draining, served }),
     });
+    const tlsFiles = tls;
+    cleanups.push(
+      watchTlsFiles(tls, () => {
+        try {
+          server.setSecureContext(loadTlsMaterial(tlsFiles));
+          log.info("TLS material reloaded");
+        } catch (err) {
+          log.error({ error: (err as Error).message }, "TLS reload failed; the previous certificates stay in use");
+        }
+      }),
+    );
+    let address: AddressInfo | undefined;
+    const listen = async () => {
+      address = await server.listen(config.listen.host, config.listen.port);
+      stopServing = async () => {
+        health.set(ServingStatus.NOT_SERVING);
+        await server.shutdown(config.shutdownGraceMs);
+      };
+      return address;
+    };
+
+    // Metrics cost a little on every call (and prom-client's process metrics
+    // watch the event loop and GC): nothing is collected unless asked for.
+    const metrics = config.metricsListen ? createMetrics() : undefined;
+    // Opened before the database is waited for, so that the probes hear
+    // "starting" rather than nothing (or a TCP connect that looks ready).
+    let metricsAddress: AddressInfo | undefined;
+    if (metrics && cluster.isWorker) {
+      // The supervisor serves the endpoint, gathering every worker's figures;
+      // constructing an aggregator is what makes this worker answer it.
+      new AggregatorRegistry();
+      AggregatorRegistry.setRegistries([metrics.registry]);
+    } else if (metrics && config.metricsListen) {
+      const endpoint = await serveMetrics(metrics.registry, config.metricsListen.host, config.metricsListen.port, () => readiness);
+      cleanups.push(() => endpoint.close());
+      metricsAddress = endpoint.address;
+      log.info(
+        { metricsAddress: `${metricsAddress.address}:${metricsAddress.port}` },
+        "metrics and probes served at GET /metrics, /readyz, /livez (plain HTTP)",
+      );
+    }
+
+    const migrationsDatabase = databaseUrl;
+    const applied = await waitForDatabase(
+      () =>
+        migrate({
+          connectionString: migrationsDatabase,
+          schema: config.databaseSchema,
+          log: (message) => log.debug({ component: "migrate" }, message),
+          connectTimeoutMs: config.databaseTimeoutMs,
+        }),
+      {
+        connectionString: databaseUrl,
+        signal: options.signal,
+        async onWaiting() {
+          const { address: host, port } = await listen();
+          log.warn(
+            { address: `${host}:${port}` },
+            "listening before the database is reachable: health reports NOT_SERVING and other calls fail UNAVAILABLE until it is",
+          );
+        },
+        onRetry: ({ attempt, database, error, retryInMs }) =>
+          log.warn({ attempt, database, error, retryInMs }, `database unreachable; retrying in ${retryInMs} ms`),
+      },
+    );
     if (applied.length > 0) {
       log.info({ migrations: applied }, "migrations applied");
     }
@@ -126,17 +223,13 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       schema: config.databaseSchema,
       max: config.databasePoolMax,
       applicationName: "keyward",
+      // A database that stops answering fails calls (UNAVAILABLE) instead of hanging them.
+      connectTimeoutMs: config.databaseTimeoutMs,
+      queryTimeoutMs: config.databaseTimeoutMs,
     });
     cleanups.push(() => pool.end());
     const deployment = createPgDeploymentRepository(pool);
     const { deploymentId } = await deployment.ensure(rootKeyCheck(rootKey));
-
-    const policy = createPolicyStore(policyFile, log);
-    cleanups.push(() => policy.close());
-
-    // Metrics cost a little on every call (and prom-client's process metrics
-    // watch the event loop and GC): nothing is collected unless asked for.
-    const metrics = config.metricsListen ? createMetrics() : undefined;
 
     const { auditLog, auditPool, auditReader, checkpointSigner } = await startAudit(config, {
       databaseUrl,
@@ -174,10 +267,14 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
       countStaleSecretVersions: () => countStaleSecretVersions(pool, STALE_COUNT_TIMEOUT_MS),
     });
 
-    const health = createHealthStatus(ServingStatus.SERVING);
     const healthProbe = setInterval(() => {
       deployment.ping().then(
-        () => health.set(ServingStatus.SERVING),
+        () => {
+          if (health.get() === ServingStatus.NOT_SERVING) {
+            log.info("database reachable again; reporting SERVING");
+          }
+          health.set(ServingStatus.SERVING);
+        },
         (err: unknown) => {
           if (health.get() === ServingStatus.SERVING) {
             log.error({ error: (err as Error).message }, "database unreachable; reporting NOT_SERVING");
@@ -189,11 +286,7 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
     healthProbe.unref();
     cleanups.push(() => clearInterval(healthProbe));
 
-    const draining = new AbortController();
-    const served = [...KEYWARD_SERVICES, ...INFRASTRUCTURE_SERVICES];
-    const server = createKeywardServer({
-      tls: loadTlsMaterial(tls),
-      draining,
+    server.setRoutes({
       interceptors: [
         ...(metrics ? [createMetricsInterceptor(metrics, served)] : []),
         createAccessLogInterceptor(log),
@@ -202,8 +295,9 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
           policy,
           appendWithin: (tx, records) => auditReader.appendWithin(tx as pg.ClientBase, records),
         }),
-        createErrorInterceptor(log),
+        createErrorInterceptor(log, { isUnavailable: isDatabaseUnavailable }),
         createAuthenticateInterceptor(policy),
+        createCallLimitInterceptor(config.limits.maxCallsPerIdentity),
         createValidateInterceptor({ validator: createValidator({ regexMatch: createRegexMatch() }) }),
         createAuthorizeResourceInterceptor(policy),
       ],
@@ -226,39 +320,18 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
         router.service(ServerReflectionV1Alpha, createReflectionService(ServerReflectionV1Alpha, served));
       },
     });
-    const tlsFiles = tls;
-    cleanups.push(
-      watchTlsFiles(tls, () => {
-        try {
-          server.setSecureContext(loadTlsMaterial(tlsFiles));
-          log.info("TLS material reloaded");
-        } catch (err) {
-          log.error({ error: (err as Error).message }, "TLS reload failed; the previous certificates stay in use");
-        }
-      }),
-    );
-
-    const address = await server.listen(config.listen.host, config.listen.port);
-    cleanups.push(async () => {
-      health.set(ServingStatus.NOT_SERVING);
-      await server.shutdown(config.shutdownGraceMs);
-    });
+    health.set(ServingStatus.SERVING);
+    const listening = address ?? (await listen());
     log.info(
-      { address: `${address.address}:${address.port}`, deploymentId, policyDigest: policy.current().policy.digest },
+      { address: `${listening.address}:${listening.port}`, deploymentId, policyDigest: policy.current().policy.digest },
       "keyward listening",
     );
-    let metricsAddress: AddressInfo | undefined;
-    if (metrics && config.metricsListen) {
-      const endpoint = await serveMetrics(metrics.registry, config.metricsListen.host, config.metricsListen.port);
-      cleanups.push(() => endpoint.close());
-      metricsAddress = endpoint.address;
-      log.info({ metricsAddress: `${metricsAddress.address}:${metricsAddress.port}` }, "metrics served at GET /metrics (plain HTTP)");
-    }
+    readiness = "ready";
     if (dev.length > 0) {
       log.warn({ development: dev }, "DEVELOPMENT defaults in use; configure them for production (see README)");
     }
     return {
-      address,
+      address: listening,
       metricsAddress,
       files: { tls, policyFile },
       development: dev.length > 0,
@@ -271,11 +344,44 @@ export async function startKeyward(config: Config, log: Logger): Promise<Running
 }
 
 /**
+ * What the server answers before it is ready (the database not reachable
+ * yet): health, reporting `health`'s status (NOT_SERVING), and reflection;
+ * every API method fails UNAVAILABLE without touching anything. Callers are
+ * still authenticated and gated by role, as always. These calls are logged
+ * but not audited: there is no audit log to write to yet, and nothing is
+ * read, changed or revealed.
+ */
+function startingRoutes(deps: {
+  log: Logger;
+  policy: ReturnType<typeof createPolicyStore>;
+  health: ReturnType<typeof createHealthStatus>;
+  draining: AbortController;
+  served: readonly DescService[];
+}): Pick<ServerOptions, "routes" | "interceptors"> {
+  const { log, policy, health, draining, served } = deps;
+  const message = "keyward is starting: the database is not reachable yet";
+  return {
+    interceptors: [createAccessLogInterceptor(log), createErrorInterceptor(log), createAuthenticateInterceptor(policy)],
+    routes(router) {
+      for (const service of KEYWARD_SERVICES) {
+        router.service(service, createUnavailableService(service, message));
+      }
+      router.service(Health, createHealthService(health, served.map((s) => s.typeName), draining.signal));
+      router.service(ServerReflectionV1, createReflectionService(ServerReflectionV1, served));
+      router.service(ServerReflectionV1Alpha, createReflectionService(ServerReflectionV1Alpha, served));
+    },
+  };
+}
+
+/**
  * The TLS files, policy file and root key in force: the configured ones, or
  * development defaults created in the data folder on first use (and named in
  * `dev`, so that the server can say loudly that it runs on them).
  */
-async function resolveMaterials(config: Config, log: Logger) {
+export async function resolveMaterials(config: Config, log: Logger) {
+  // Searchable but not listable by others: an embedded PostgreSQL running as
+  // the "postgres" user must reach <data>/postgres; the PKI and root key inside stay private.
+  await mkdir(config.dataDir, { recursive: true, mode: 0o711 });
   const dev: string[] = [];
 
   let tls = config.tls;

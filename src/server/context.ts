@@ -5,6 +5,9 @@ import type { Identity } from "./identity.js";
 /** The verified caller; undefined when its certificate names nobody usable. */
 export const kIdentity = createContextKey<Identity | undefined>(undefined, { description: "caller identity" });
 
+/** Why the caller has no identity (certificate not for client authentication, naming nobody): the UNAUTHENTICATED message. */
+export const kAuthenticationRefusal = createContextKey<string>("", { description: "authentication refusal" });
+
 /** Correlates the access log, the audit event and the caller's own logs (header x-request-id). */
 export const kRequestId = createContextKey<string>("", { description: "request id" });
 

@@ -17,26 +17,64 @@ export interface Identity {
   };
 }
 
+/** id-kp-clientAuth (RFC 5280 §4.2.1.12): the certificate may authenticate a TLS client. */
+export const CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2";
+
+/** What a connection's certificate establishes: an identity, or why it establishes none. */
+export type PeerAuthentication =
+  | { readonly identity: Identity; readonly refusal?: undefined }
+  | { readonly identity?: undefined; readonly refusal: string };
+
+const NO_NAME = "a client certificate naming the caller (SPIFFE ID or subject CN) is required";
+
 /**
- * Derives the identity from a TLS socket whose peer certificate the TLS layer
- * has verified against the client CA. Returns undefined when the peer is not
- * authorized by TLS, or its certificate carries neither exactly one SPIFFE
- * URI SAN nor a single subject CN: such a caller reaches no handler.
+ * Authenticates the peer of a TLS socket whose certificate the TLS layer
+ * has verified against the client CA (and CRL). A caller that is refused
+ * here reaches no handler: the authentication interceptor answers
+ * UNAUTHENTICATED with the refusal, and the call is audited.
  *
- * SPIFFE (X.509-SVID) requires exactly one URI SAN; a certificate with
- * several spiffe:// URIs is ambiguous and refused rather than guessed at.
+ * Refused: a peer TLS did not authorize, a certificate without the
+ * clientAuth extended key usage (see {@link certificateRefusal}), and one
+ * carrying neither exactly one SPIFFE URI SAN nor a single subject CN.
  */
-export function identityFromSocket(socket: TLSSocket): Identity | undefined {
-  if (!socket.authorized) {
-    return undefined;
-  }
-  const cert = socket.getPeerCertificate(false);
+export function authenticatePeer(socket: TLSSocket): PeerAuthentication {
+  const cert = socket.authorized ? socket.getPeerCertificate(false) : undefined;
   if (!cert || Object.keys(cert).length === 0) {
-    return undefined;
+    return { refusal: NO_NAME };
   }
-  return identityFromCertificate(cert);
+  const refusal = certificateRefusal(cert);
+  if (refusal !== undefined) {
+    return { refusal };
+  }
+  const identity = identityFromCertificate(cert);
+  return identity === undefined ? { refusal: NO_NAME } : { identity };
 }
 
+/**
+ * Why a chain-verified certificate may still not authenticate a client, or
+ * undefined when it may. Its extended key usage must name clientAuth:
+ * OpenSSL already fails the handshake of a certificate whose extended key
+ * usage names only other purposes (a server certificate), but accepts one
+ * with no extended key usage at all, which RFC 5280 reads as "any purpose".
+ * A certificate issued for nothing in particular is not a client credential.
+ */
+export function certificateRefusal(cert: PeerCertificate): string | undefined {
+  if (cert.ext_key_usage?.includes(CLIENT_AUTH_OID)) {
+    return undefined;
+  }
+  const serial = typeof cert.serialNumber === "string" ? cert.serialNumber.toLowerCase() : "?";
+  return (
+    `the client certificate (serial ${serial}) is not issued for client authentication: ` +
+    `its extended key usage must include clientAuth (${CLIENT_AUTH_OID})`
+  );
+}
+
+/**
+ * The identity a certificate names: its one SPIFFE URI SAN, else its one
+ * subject CN; undefined when it names nobody unambiguously. SPIFFE
+ * (X.509-SVID) requires exactly one URI SAN; a certificate with several
+ * spiffe:// URIs is ambiguous and refused rather than guessed at.
+ */
 export function identityFromCertificate(cert: PeerCertificate): Identity | undefined {
   const spiffeIds = (cert.subjectaltname ?? "")
     .split(/,\s*/)

@@ -8,6 +8,10 @@
  * metric carries an identity, a key or secret name, or request content, so
  * the endpoint can be scraped without authentication.
  *
+ * The same endpoint answers the orchestrator's probes (`/readyz`, `/livez`):
+ * the gRPC port cannot serve them, since every connection there needs a
+ * client certificate and every call is audited.
+ *
  * @module
  */
 import http from "node:http";
@@ -168,6 +172,8 @@ export function createMetrics(): KeywardMetrics {
     name: "keyward_secret_versions_pending_rewrap",
     help: "Stored secret versions still encrypted with an older version of their key (the rewrap job's backlog).",
     registers,
+    // Every worker of a cluster counts the same rows: summing would multiply them.
+    aggregator: "max",
     async collect() {
       if (!sources) return;
       const current = (counting ??= sources.countStaleSecretVersions().finally(() => {
@@ -199,6 +205,34 @@ export function createMetrics(): KeywardMetrics {
   };
 }
 
+/** What the endpoint serves: a registry, or the figures of every worker of a cluster summed. */
+export interface MetricsText {
+  metrics(): Promise<string>;
+  readonly contentType: string;
+}
+
+/** Where the endpoint serves Prometheus metrics. */
+export const METRICS_PATH = "/metrics";
+/** Where the endpoint answers readiness probes; see {@link Readiness}. */
+export const READINESS_PATH = "/readyz";
+/** Where the endpoint answers liveness probes: 200 whenever the event loop gets to answer. */
+export const LIVENESS_PATH = "/livez";
+
+/**
+ * Whether the server should be sent calls, as `GET /readyz` tells it: the
+ * state is the body, `ready` answers 200 and the others 503.
+ *
+ * - `starting`: start-up has not finished (the database not reached yet,
+ *   migrations, the root key check); API calls would fail UNAVAILABLE.
+ * - `ready`: every route is served. It stays so through a later database
+ *   outage: every replica shares that database, so failing readiness then
+ *   would take them all out of the load balancer at once and turn
+ *   UNAVAILABLE answers (which clients retry) into connections refused,
+ *   without making anything work sooner. grpc.health.v1 reports the outage.
+ * - `draining`: shutdown has begun; calls in flight finish, new ones go elsewhere.
+ */
+export type Readiness = "starting" | "ready" | "draining";
+
 /** The running metrics endpoint. */
 export interface MetricsServer {
   readonly address: AddressInfo;
@@ -207,26 +241,49 @@ export interface MetricsServer {
 }
 
 /**
- * Serves `GET /metrics` from `registry` over plain HTTP on `host:port`
- * (port 0 picks a free one); every other method or path gets 404. No TLS and
- * no authentication: bind it where only the scraper reaches.
+ * Serves over plain HTTP on `host:port` (port 0 picks a free one):
+ *
+ * - `GET /metrics`: `registry`'s text;
+ * - `GET /readyz`: 200 `ready`, or 503 `starting` / `draining`, from `readiness()`;
+ * - `GET /livez`: 200 `ok`. Answering at all is the proof: the process's
+ *   event loop runs (a TCP connect would succeed on a blocked one, since the
+ *   kernel accepts it).
+ *
+ * Every other method or path gets 404. No TLS, no authentication, nothing
+ * logged or audited: no answer carries a secret, a name or anything a caller
+ * sent, and none changes anything. Bind it where only the scraper and the
+ * probes reach.
  *
  * @throws the listen error (EADDRINUSE, EADDRNOTAVAIL, …).
  */
-export async function serveMetrics(registry: Registry, host: string, port: number): Promise<MetricsServer> {
+export async function serveMetrics(
+  registry: MetricsText,
+  host: string,
+  port: number,
+  readiness: () => Readiness,
+): Promise<MetricsServer> {
+  const text = (res: http.ServerResponse, status: number, body: string) =>
+    res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store" }).end(`${body}\n`);
   const server = http.createServer((req, res) => {
-    const path = (req.url ?? "").split("?", 1)[0];
-    if (req.method !== "GET" || path !== "/metrics") {
-      res.writeHead(404, { "content-type": "text/plain; charset=utf-8" }).end("not found\n");
+    const path = req.method === "GET" ? (req.url ?? "").split("?", 1)[0] : undefined;
+    if (path === READINESS_PATH) {
+      const state = readiness();
+      text(res, state === "ready" ? 200 : 503, state);
+      return;
+    }
+    if (path === LIVENESS_PATH) {
+      text(res, 200, "ok");
+      return;
+    }
+    if (path !== METRICS_PATH) {
+      text(res, 404, "not found");
       return;
     }
     registry.metrics().then(
       (body) => {
         res.writeHead(200, { "content-type": registry.contentType, "cache-control": "no-store" }).end(body);
       },
-      () => {
-        res.writeHead(500, { "content-type": "text/plain; charset=utf-8" }).end("metrics unavailable\n");
-      },
+      () => text(res, 500, "metrics unavailable"),
     );
   });
   await new Promise<void>((resolve, reject) => {

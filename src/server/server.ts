@@ -4,8 +4,10 @@ import type { AddressInfo } from "node:net";
 import type { SecureContextOptions, TLSSocket } from "node:tls";
 import { createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { kIdentity, kPeerAddress } from "./context.js";
-import { identityFromSocket, type Identity } from "./identity.js";
+import { enforceIdleTimeouts, MAX_CONCURRENT_STREAMS, type ServerLimits } from "./connection-limits.js";
+import { kAuthenticationRefusal, kIdentity, kPeerAddress } from "./context.js";
+import { mapDecodeErrors } from "./decode-errors.js";
+import { authenticatePeer, type PeerAuthentication } from "./identity.js";
 
 /** An HTTP/2 + TLS server with the Connect adapter, built but not listening (examples-es `build()`). */
 export interface KeywardServer {
@@ -14,6 +16,12 @@ export interface KeywardServer {
   listen(host: string, port: number): Promise<AddressInfo>;
   /** Replaces certificate, key, CA and CRL for new connections. */
   setSecureContext(material: SecureContextOptions): void;
+  /**
+   * Routes calls that start from now on through these routes and
+   * interceptors; calls in flight finish where they began. Start-up serves
+   * health alone this way while it waits for the database, then everything.
+   */
+  setRoutes(routing: Pick<ServerOptions, "routes" | "interceptors">): void;
   /**
    * Stops accepting connections, lets calls in flight finish for up to
    * `graceMs`, then closes whatever is left. `draining` is aborted at once,
@@ -29,6 +37,8 @@ export interface ServerOptions {
   readonly interceptors: Interceptor[];
   /** Aborted when shutdown begins. */
   readonly draining: AbortController;
+  /** Message size and idle timeouts; see {@link ServerLimits}. */
+  readonly limits: ServerLimits;
 }
 
 /**
@@ -38,24 +48,37 @@ export interface ServerOptions {
  * Connect on one port, over HTTP/2 or HTTP/1.1.
  */
 export function createKeywardServer(options: ServerOptions): KeywardServer {
-  const identities = new WeakMap<object, Identity | undefined>();
-  const adapter = connectNodeAdapter({
-    routes: options.routes,
-    interceptors: options.interceptors,
+  const identities = new WeakMap<object, PeerAuthentication>();
+  const adapterFor = (routes: ServerOptions["routes"], interceptors: Interceptor[]) => connectNodeAdapter({
+    routes(router) {
+      routes(router);
+      mapDecodeErrors(router);
+    },
+    interceptors,
+    readMaxBytes: options.limits.maxMessageBytes,
     // Compressing small protobuf messages costs more CPU than it saves bytes.
     acceptCompression: [],
     contextValues(req) {
       const values = createContextValues();
-      const { owner, socket } = connectionOf(req);
-      // The certificate is fixed for a connection's life: parse it once.
-      if (!identities.has(owner)) {
-        identities.set(owner, identityFromSocket(socket));
+      const connection = connectionOf(req);
+      if (connection === undefined) {
+        values.set(kAuthenticationRefusal, "the connection closed before the call was handled");
+        return values;
       }
-      values.set(kIdentity, identities.get(owner));
+      const { owner, socket } = connection;
+      // The certificate is fixed for a connection's life: parse it once.
+      let peer = identities.get(owner);
+      if (peer === undefined) {
+        peer = authenticatePeer(socket);
+        identities.set(owner, peer);
+      }
+      values.set(kIdentity, peer.identity);
+      values.set(kAuthenticationRefusal, peer.refusal ?? "");
       values.set(kPeerAddress, `${socket.remoteAddress}:${socket.remotePort}`);
       return values;
     },
   });
+  let adapter = adapterFor(options.routes, options.interceptors);
 
   const server = http2.createSecureServer(
     {
@@ -64,9 +87,12 @@ export function createKeywardServer(options: ServerOptions): KeywardServer {
       requestCert: true,
       rejectUnauthorized: true,
       allowHTTP1: true,
+      handshakeTimeout: options.limits.idleTimeoutMs,
+      settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
     },
-    adapter,
+    (req, res) => adapter(req, res),
   );
+  enforceIdleTimeouts(server, options.limits.idleTimeoutMs);
 
   const sessions = new Set<Http2Session>();
   server.on("session", (session) => {
@@ -110,6 +136,9 @@ export function createKeywardServer(options: ServerOptions): KeywardServer {
         });
       });
     },
+    setRoutes({ routes, interceptors }) {
+      adapter = adapterFor(routes, interceptors);
+    },
     setSecureContext(material) {
       server.setSecureContext({ ...material, minVersion: "TLSv1.3" });
     },
@@ -143,10 +172,11 @@ export function createKeywardServer(options: ServerOptions): KeywardServer {
   };
 }
 
-function connectionOf(req: Http2ServerRequest | IncomingMessage): { owner: object; socket: TLSSocket } {
+function connectionOf(req: Http2ServerRequest | IncomingMessage): { owner: object; socket: TLSSocket } | undefined {
   if ("stream" in req && req.stream) {
-    const session = req.stream.session!;
-    return { owner: session, socket: session.socket as TLSSocket };
+    // A stream the peer reset before its request was handled has left its session.
+    const session = req.stream.session;
+    return session && { owner: session, socket: session.socket as TLSSocket };
   }
   return { owner: req.socket, socket: req.socket as TLSSocket };
 }

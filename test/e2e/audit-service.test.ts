@@ -540,6 +540,21 @@ describe("VerifyAuditChain finds tampering done in SQL", () => {
     expect(result).toMatchObject({ intact: false, firstBrokenSequence: 12n, reason: "sequence 12 lies beyond the chain head" });
   });
 
+  it("an old event replayed at the tail (a verbatim copy, hashes included), chain head moved to it", async () => {
+    const { result } = await tampered(async (sql) => {
+      // Replays event 3 as if the call had been made again: every column as
+      // stored, only the sequence new. Its previous_hash still names event 2.
+      await sql.query(`
+        INSERT INTO audit_events
+        SELECT (SELECT sequence FROM audit_head) + 1, time, identity, roles, method, resources, key_version, result_code,
+               result_message, request_id, peer_address, policy_digest, previous_hash, hash
+        FROM audit_events WHERE sequence = 3`);
+      await sql.query("UPDATE audit_head SET sequence = sequence + 1, hash = (SELECT hash FROM audit_events WHERE sequence = 3)");
+    });
+    // Events 1..7 are genuine (7: the first verification); the replay is 8.
+    expect(result).toMatchObject({ intact: false, firstBrokenSequence: 8n, reason: "previous_hash mismatch", verifiedCount: 7n });
+  });
+
   it("two events reordered (their sequences swapped)", async () => {
     const { result } = await tampered((sql) =>
       rewrite(sql, [

@@ -17,10 +17,12 @@ import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
  * were moved or altered must refuse to serve — DATA_LOSS naming the version,
  * never any bytes — instead of silently acting as some other key.
  *
- * The server caches opened material and is not told about edits made behind
- * its back, so every tampered version here is one this process has not
- * opened yet: never used, or used before a rotation made the server drop
- * its cache entry for the key.
+ * The server caches opened material and hears of edits made behind its
+ * back only through the change feed, a moment later; so every tampered
+ * version here is one this process has not opened yet (never used, or used
+ * before a rotation made the server drop its cache entry for the key), or
+ * the test polls until the edit is seen. Deleting a version's row is
+ * tampering too: Keyward never deletes one.
  */
 
 const WRAP_OVERHEAD = 1 + 12 + 16; // format byte, nonce, GCM tag (src/crypto/key-wrap.ts)
@@ -282,6 +284,56 @@ describe("tampering with stored key material", () => {
       expect(Buffer.from((await crypto.decrypt({ name, ciphertext: restored.ciphertext })).plaintext)).toEqual(Buffer.from(message));
     }
     expect(refused).toEqual(positions.map((p) => `${p}: DataLoss`));
+  });
+
+  it("a version's row deleted answers DATA_LOSS naming the missing version, not NOT_FOUND or \"decryption failed\"", async () => {
+    // Keyward never deletes a version's row (a destroyed version keeps it,
+    // without material), so a row missing below the primary was deleted
+    // behind its back. The deletion reaches this server's cache through the
+    // change feed: poll until the call is refused, counting each refusal.
+    const untilRefused = async (call: () => Promise<unknown>): Promise<Outcome<unknown>> => {
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        const result = await outcome(call());
+        if (result.code === Code.DataLoss) dataLossCalls++;
+        if (result.code !== 0 || Date.now() > deadline) return result;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    };
+    const expectMissing = (result: Outcome<unknown>, keyName: string, version: number) => {
+      expect({ code: Code[result.code] ?? "OK", message: result.message }).toEqual({
+        code: "DataLoss",
+        message: `version ${version} of ${keyName} is missing from the database: it was deleted outside Keyward`,
+      });
+    };
+    const deleteRow = async (keyName: string, version: number) => {
+      const { rowCount } = await sql.query("DELETE FROM key_versions WHERE key_name = $1 AND version = $2", [keyName, version]);
+      expect(rowCount).toBe(1);
+    };
+
+    // An older version: its ciphertexts and explicit uses are refused as DATA_LOSS.
+    const name = await createKey("gone", KeyPurpose.ENCRYPT_DECRYPT, KeyAlgorithm.AES_256_GCM);
+    const old = await crypto.encrypt({ name, plaintext: message });
+    await rotateAndWait(name);
+    await deleteRow(name, 1);
+    expectMissing(await untilRefused(() => crypto.decrypt({ name, ciphertext: old.ciphertext })), name, 1);
+    dataLossCalls++;
+    expectMissing(await outcome(crypto.encrypt({ name: `${name}/versions/1`, plaintext: message })), name, 1);
+    // A version the key never had is still NOT_FOUND, and the primary still serves.
+    expect(Code[(await outcome(crypto.encrypt({ name: `${name}/versions/3`, plaintext: message }))).code]).toBe("NotFound");
+    expect((await crypto.encrypt({ name, plaintext: message })).keyVersion).toBe(`${name}/versions/2`);
+
+    // The primary: Encrypt is refused rather than falling back to anything else.
+    await deleteRow(name, 2);
+    expectMissing(await untilRefused(() => crypto.encrypt({ name, plaintext: message })), name, 2);
+
+    // The same for signing and MAC keys.
+    const sign = await createKey("gone-sign", KeyPurpose.SIGN_VERIFY, KeyAlgorithm.ED25519);
+    await deleteRow(sign, 1);
+    expectMissing(await untilRefused(() => crypto.sign({ name: sign, input: signInput })), sign, 1);
+    const mac = await createKey("gone-mac", KeyPurpose.MAC, KeyAlgorithm.HMAC_SHA256);
+    await deleteRow(mac, 1);
+    expectMissing(await untilRefused(() => crypto.mac({ name: mac, data: message })), mac, 1);
   });
 
   it("records every DATA_LOSS in the audit log, naming the version, and never writes material to the audit log or the logs", async () => {

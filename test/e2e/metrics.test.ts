@@ -7,15 +7,17 @@ import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys
 import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
 import { issueCertificate, loadDevCertificateAuthority } from "../../src/dev/pki.js";
 import { INFRASTRUCTURE_SERVICES, KEYWARD_SERVICES } from "../../src/main.js";
+import { LIVENESS_PATH, METRICS_PATH, READINESS_PATH } from "../../src/server/metrics.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { connectClient } from "../helpers/clients.js";
 import { startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
 
 /**
  * The Prometheus endpoint (README "Metrics"): off unless KEYWARD_METRICS_LISTEN
- * is set; when on, calls are counted and timed by method and code, the audit,
- * pool, key cache and rewrap figures are there, and no label or line carries
- * an identity, a key or secret name, or anything a caller sent.
+ * is set; when on, it answers the probes too (/readyz, /livez), calls are
+ * counted and timed by method and code, the audit, pool, key cache and rewrap
+ * figures are there, and no label or line carries an identity, a key or
+ * secret name, or anything a caller sent.
  */
 
 /** gRPC's canonical code names (grpc/status.proto), the only values `code` may take. */
@@ -178,18 +180,32 @@ describe("metrics endpoint", () => {
     expect(line?.metricsAddress).toBe(`127.0.0.1:${address.port}`);
   });
 
-  it("serves GET /metrics only", async () => {
-    const ok = await fetchMetrics(port);
+  it("serves GET /metrics, /readyz and /livez only", async () => {
+    const ok = await fetchMetrics(port, METRICS_PATH);
     expect(ok.status).toBe(200);
     expect(ok.headers.get("content-type")).toMatch(/^text\/plain; version=0\.0\.4/);
     expect(await ok.text()).toContain("# TYPE keyward_rpc_calls_total counter");
     expect((await fetchMetrics(port, "/metrics?debug=1")).status).toBe(200);
+    // Started: ready (test/e2e/readiness.test.ts covers starting and draining).
+    for (const [path, body] of [
+      [READINESS_PATH, "ready\n"],
+      [LIVENESS_PATH, "ok\n"],
+    ] as const) {
+      const res = await fetchMetrics(port, path);
+      expect(res.status, path).toBe(200);
+      expect(res.headers.get("cache-control"), path).toBe("no-store");
+      expect(await res.text(), path).toBe(body);
+    }
     for (const [path, method] of [
       ["/", "GET"],
       ["/metrics/", "GET"],
       ["/debug", "GET"],
       ["/metrics", "POST"],
       ["/metrics", "DELETE"],
+      ["/readyz/", "GET"],
+      ["/readyz", "POST"],
+      ["/livez", "DELETE"],
+      ["/healthz", "GET"],
     ] as const) {
       const res = await fetchMetrics(port, path, method);
       expect(res.status, `${method} ${path}`).toBe(404);

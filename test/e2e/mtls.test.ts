@@ -1,17 +1,25 @@
-import { writeFile } from "node:fs/promises";
+import "reflect-metadata";
+import { randomBytes, webcrypto } from "node:crypto";
+import { copyFile, rename, writeFile } from "node:fs/promises";
+import http2 from "node:http2";
 import { join } from "node:path";
-import { connect as tlsConnect } from "node:tls";
-import { ConnectError } from "@connectrpc/connect";
+import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import * as x509 from "@peculiar/x509";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AccessService } from "../../gen/keyward/v1/access_pb.js";
+import { AuditService } from "../../gen/keyward/v1/audit_pb.js";
 import {
   createCertificateAuthority,
   createCrl,
   devPkiPaths,
   issueCertificate,
   loadDevCertificateAuthority,
+  type CertificateAuthority,
 } from "../../src/dev/pki.js";
+import { CLIENT_AUTH_OID } from "../../src/server/identity.js";
 import { connectClient } from "../helpers/clients.js";
+import { eventually, outcome } from "../helpers/expect.js";
 import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -34,6 +42,41 @@ function handshake(keyward: TestKeyward, options: { ca: Buffer; cert?: string | 
     });
     socket.once("close", () => resolve("closed"));
   });
+}
+
+/**
+ * A client certificate from `ca` for `spiffe://keyward.local/<name>` whose
+ * extended key usage is exactly `usages`, or absent when `usages` is null:
+ * what the dev PKI never issues, built here by hand.
+ */
+async function certificateWithUsages(
+  ca: CertificateAuthority,
+  name: string,
+  usages: string[] | null,
+): Promise<{ cert: Buffer; key: Buffer; serial: string }> {
+  x509.cryptoProvider.set(webcrypto as never);
+  const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
+  const keys = await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"]);
+  const serial = `01${randomBytes(15).toString("hex")}`;
+  const certificate = await x509.X509CertificateGenerator.create({
+    serialNumber: serial,
+    subject: `CN=${name}`,
+    issuer: ca.certificate.subject,
+    notBefore: new Date(Date.now() - 60_000),
+    notAfter: new Date(Date.now() + 3_600_000),
+    signingAlgorithm: alg,
+    publicKey: keys.publicKey,
+    signingKey: ca.privateKey,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+      ...(usages === null ? [] : [new x509.ExtendedKeyUsageExtension(usages, false)]),
+      new x509.SubjectAlternativeNameExtension([{ type: "url", value: `spiffe://keyward.local/${name}` }], false),
+    ],
+  });
+  expect(certificate.getExtension(x509.ExtendedKeyUsageExtension)?.usages ?? null).toEqual(usages);
+  const keyDer = await webcrypto.subtle.exportKey("pkcs8", keys.privateKey);
+  return { cert: Buffer.from(certificate.toString("pem")), key: Buffer.from(x509.PemConverter.encode(keyDer, "PRIVATE KEY")), serial };
 }
 
 describe("mTLS", () => {
@@ -89,6 +132,64 @@ describe("mTLS", () => {
     expect(callsLogged()).toBe(before);
   });
 
+  it("refuses a certificate from the right CA that is not valid yet", async () => {
+    const devCa = await loadDevCertificateAuthority(keyward.pki.dir);
+    const early = await issueCertificate(devCa, {
+      commonName: "admin",
+      usage: "client",
+      spiffeId: "spiffe://keyward.local/admin",
+      notBefore: new Date(Date.now() + DAY_MS),
+      notAfter: new Date(Date.now() + 30 * DAY_MS),
+    });
+    const before = callsLogged();
+    expect(await handshake(keyward, { ca, cert: early.certPem, key: early.keyPem })).toMatch(REFUSED);
+    await expect(
+      connectClient(AccessService, keyward.url, { ca, cert: Buffer.from(early.certPem), key: Buffer.from(early.keyPem) }).getCallerIdentity({}),
+    ).rejects.toBeInstanceOf(ConnectError);
+    expect(callsLogged()).toBe(before);
+  });
+
+  it("refuses, at the handshake, a certificate of the right CA whose extended key usage names other purposes (a server certificate)", async () => {
+    const devCa = await loadDevCertificateAuthority(keyward.pki.dir);
+    const server = await issueCertificate(devCa, { commonName: "admin", usage: "server", dnsNames: ["localhost"] });
+    const codeSigning = await certificateWithUsages(devCa, "admin", [x509.ExtendedKeyUsage.codeSigning]);
+    const before = callsLogged();
+    expect(await handshake(keyward, { ca, cert: server.certPem, key: server.keyPem })).toMatch(REFUSED);
+    expect(await handshake(keyward, { ca, cert: codeSigning.cert, key: codeSigning.key })).toMatch(REFUSED);
+    expect(callsLogged()).toBe(before);
+  });
+
+  it("answers UNAUTHENTICATED, and audits it, to a certificate of the right CA with no extended key usage at all", async () => {
+    // TLS lets it through (no extended key usage reads as "any purpose"),
+    // so the refusal comes from Keyward, on every call of the connection.
+    const devCa = await loadDevCertificateAuthority(keyward.pki.dir);
+    const bare = await certificateWithUsages(devCa, "admin", null);
+    expect(await handshake(keyward, { ca, cert: bare.cert, key: bare.key })).toBe("connected");
+    const message =
+      `the client certificate (serial ${bare.serial}) is not issued for client authentication: ` +
+      `its extended key usage must include clientAuth (${CLIENT_AUTH_OID})`;
+    const access = connectClient(AccessService, keyward.url, { ca, ...bare });
+    const audit = connectClient(AuditService, keyward.url, { ca, ...bare });
+    for (const call of [access.getCallerIdentity({}), audit.listAuditEvents({})] as Array<Promise<unknown>>) {
+      const result = await outcome(call);
+      expect({ code: Code[result.code], message: result.message }).toEqual({ code: "Unauthenticated", message });
+    }
+    // The same certificate with clientAuth added authenticates as admin.
+    const withClientAuth = await certificateWithUsages(devCa, "admin", [CLIENT_AUTH_OID]);
+    expect((await connectClient(AccessService, keyward.url, { ca, ...withClientAuth }).getCallerIdentity({})).identity).toBe(
+      "spiffe://keyward.local/admin",
+    );
+
+    const auditor = connectClient(AuditService, keyward.url, await keyward.credentials("auditor"));
+    const { events } = await auditor.listAuditEvents({ resultCode: Code.Unauthenticated });
+    expect(events.map((e) => [e.method, e.identity, e.resultMessage])).toEqual([
+      ["/keyward.v1.AccessService/GetCallerIdentity", "", message],
+      ["/keyward.v1.AuditService/ListAuditEvents", "", message],
+    ]);
+    const lines = keyward.logs.map((line) => JSON.parse(line) as Record<string, unknown>).filter((l) => l.code === "unauthenticated");
+    expect(lines.map((l) => l.error)).toEqual([message, message]);
+  });
+
   it("refuses TLS 1.2", async () => {
     const creds = await keyward.credentials("admin");
     const result = await new Promise<string>((resolve) => {
@@ -139,5 +240,94 @@ describe("certificate revocation", () => {
       .toMatch(REFUSED);
     // Other certificates from the same CA still get in, on a fresh connection.
     expect(await handshake(keyward, await keyward.credentials("service"))).toBe("connected");
+  });
+});
+
+describe("server certificate rotation", () => {
+  let keyward: TestKeyward;
+  let tlsDir: string;
+
+  /** The serial number and SHA-256 fingerprint of the certificate the server presents on a new connection. */
+  function presented(): Promise<{ serial: string; fingerprint: string }> {
+    return new Promise((resolve, reject) => {
+      const socket = tlsConnect({ host: "127.0.0.1", port: keyward.port, servername: "localhost", rejectUnauthorized: false });
+      socket.once("error", reject);
+      socket.once("secureConnect", () => {
+        const cert = socket.getPeerCertificate();
+        resolve({ serial: cert.serialNumber.toLowerCase(), fingerprint: cert.fingerprint256 });
+        socket.destroy();
+      });
+    });
+  }
+
+  /** A Connect-protocol GetCallerIdentity over an existing HTTP/2 session: the session's connection, not a new one. */
+  function whoAmI(session: http2.ClientHttp2Session): Promise<{ status: number; body: Record<string, unknown> }> {
+    return new Promise((resolve, reject) => {
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/keyward.v1.AccessService/GetCallerIdentity",
+        "content-type": "application/json",
+        "connect-protocol-version": "1",
+      });
+      let status = 0;
+      let text = "";
+      stream.on("response", (headers) => (status = Number(headers[":status"])));
+      stream.on("data", (chunk: Buffer) => (text += chunk.toString("utf8")));
+      stream.on("end", () => resolve({ status, body: JSON.parse(text) as Record<string, unknown> }));
+      stream.on("error", reject);
+      stream.end("{}");
+    });
+  }
+
+  beforeAll(async () => {
+    keyward = await startTestKeyward(async (dataDir) => {
+      // Files of their own, so rewriting them cannot disturb the dev PKI the clients use.
+      const pki = devPkiPaths(join(dataDir, "pki"));
+      tlsDir = dataDir;
+      await copyFile(pki.serverCert, join(dataDir, "tls.crt"));
+      await copyFile(pki.serverKey, join(dataDir, "tls.key"));
+      return { KEYWARD_TLS_CERT: join(dataDir, "tls.crt"), KEYWARD_TLS_KEY: join(dataDir, "tls.key"), KEYWARD_TLS_CLIENT_CA: pki.caCert };
+    });
+  });
+  afterAll(() => keyward?.close());
+
+  it("serves a certificate renewed on disk to new connections, without a restart, while open connections keep working", async () => {
+    const admin = await keyward.credentials("admin");
+    const old = await presented();
+    const session = http2.connect(keyward.url, { ca: admin.ca, cert: admin.cert, key: admin.key });
+    session.on("error", () => {});
+    try {
+      expect(await whoAmI(session)).toMatchObject({ status: 200, body: { identity: "spiffe://keyward.local/admin" } });
+      const sessionSerial = () => (session.socket as TLSSocket).getPeerCertificate().serialNumber.toLowerCase();
+      expect(sessionSerial()).toBe(old.serial);
+
+      // Renewal as cert-manager does it: a new key and certificate, each file replaced whole.
+      const renewed = await issueCertificate(await loadDevCertificateAuthority(keyward.pki.dir), {
+        commonName: "localhost",
+        usage: "server",
+        dnsNames: ["localhost"],
+        ipAddresses: ["127.0.0.1", "::1"],
+      });
+      for (const [file, pem] of [
+        ["tls.key", renewed.keyPem],
+        ["tls.crt", renewed.certPem],
+      ] as const) {
+        await writeFile(join(tlsDir, `${file}.new`), pem);
+        await rename(join(tlsDir, `${file}.new`), join(tlsDir, file));
+      }
+      const fresh = await eventually(presented, (p) => p.serial === renewed.serialNumber, 8_000, "the renewed certificate on a new connection");
+      expect(fresh.fingerprint).not.toBe(old.fingerprint);
+      expect(keyward.logs.some((line) => line.includes('"TLS material reloaded"'))).toBe(true);
+
+      // New connections verify the renewed certificate and get in...
+      const me = await connectClient(AccessService, keyward.url, admin).getCallerIdentity({});
+      expect(me.identity).toBe("spiffe://keyward.local/admin");
+      // ...and the connection opened before the renewal still answers, on the old certificate.
+      expect(await whoAmI(session)).toMatchObject({ status: 200, body: { identity: "spiffe://keyward.local/admin" } });
+      expect(sessionSerial()).toBe(old.serial);
+      expect(session.closed || session.destroyed).toBe(false);
+    } finally {
+      session.close();
+    }
   });
 });

@@ -252,6 +252,67 @@ describe("stored secret values moved in the database", () => {
     await expectDataLoss(`${name}/versions/1`, `${name}/versions/1`, ["forged value"]);
   });
 
+  it("one byte changed anywhere in a stored value is DATA_LOSS, for access and rollback; restored, it reads again", async () => {
+    const name = "secrets/shop/prod/flipped";
+    await create(name);
+    const value = `flip-${randomBytes(12).toString("hex")}`;
+    await add(name, value);
+    const original = (await stored(name, 1)).ciphertext;
+    // The envelope's framing (format, key name, version, wrapped data key, nonce), the data, the tag.
+    for (const at of [0, 5, Math.floor(original.length / 2), original.length - 17, original.length - 1]) {
+      const changed = Buffer.from(original);
+      changed[at]! ^= 0x40;
+      await sql.query("UPDATE secret_versions SET ciphertext = $2 WHERE secret_name = $1 AND version = 1", [name, changed]);
+      await expectDataLoss(`${name}/versions/1`, `${name}/versions/1`, [value]);
+      expect((await failure(admin.rollbackSecret({ name, version: 1n }))).code, `byte ${at}`).toBe(Code.DataLoss);
+    }
+    await sql.query("UPDATE secret_versions SET ciphertext = $2 WHERE secret_name = $1 AND version = 1", [name, original]);
+    expect(await read(`${name}/versions/latest`)).toBe(value);
+  });
+
+  it("a version's row deleted is DATA_LOSS: reading it, and reading latest, which never falls back to the older value", async () => {
+    const name = "secrets/shop/prod/rotated-password";
+    await create(name, SecretType.PASSWORD);
+    const leaked = `old-${randomBytes(12).toString("hex")}`;
+    const current = `new-${randomBytes(12).toString("hex")}`;
+    await add(name, leaked);
+    await add(name, current);
+    expect(await read(`${name}/versions/latest`)).toBe(current);
+    // Deleting the newest row would otherwise make latest serve the
+    // password that was replaced, with nothing to tell it from a genuine
+    // answer. DestroySecretVersion keeps the row: a deleted one is tampering.
+    const { rowCount } = await sql.query("DELETE FROM secret_versions WHERE secret_name = $1 AND version = 2", [name]);
+    expect(rowCount).toBe(1);
+    const missing = { code: Code[Code.DataLoss], message: `${name}/versions/2 is missing from the database: it was deleted outside Keyward` };
+    const seen = await failure(service.accessSecretVersion({ name: `${name}/versions/2` }));
+    expect({ code: Code[seen.code], message: seen.message }).toEqual(missing);
+    // latest is cached per secret; the deletion reaches the cache through the change feed.
+    let latest: Failure | undefined;
+    for (const deadline = Date.now() + 5000; latest === undefined && Date.now() < deadline; ) {
+      latest = await failure(service.accessSecretVersion({ name: `${name}/versions/latest` })).catch(() => undefined);
+      if (latest === undefined) await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect({ code: Code[latest!.code], message: latest!.message }).toEqual({
+      code: Code[Code.DataLoss],
+      message: `the versions of ${name} above version 1 do not add up to its current version 2: rows were deleted or altered outside Keyward`,
+    });
+    expect(latest!.everything).not.toContain(leaked);
+    expect((await failure(admin.rollbackSecret({ name, version: 2n }))).code).toBe(Code.DataLoss);
+    expect((await failure(admin.disableSecretVersion({ name: `${name}/versions/2` }))).code).toBe(Code.DataLoss);
+    // A version the secret never had is still NOT_FOUND, and version 1 itself still reads.
+    expect((await failure(service.accessSecretVersion({ name: `${name}/versions/3` }))).code).toBe(Code.NotFound);
+    expect(await read(`${name}/versions/1`)).toBe(leaked);
+
+    // A destroyed newest version, by contrast, is the documented way to
+    // retire a value: latest then is the newest ENABLED version below it.
+    const fine = "secrets/shop/prod/destroyed-newest";
+    await create(fine);
+    await add(fine, "first");
+    await add(fine, "second");
+    await admin.destroySecretVersion({ name: `${fine}/versions/2` });
+    expect(await read(`${fine}/versions/latest`)).toBe("first");
+  });
+
   it("never lets a written, generated or refused value reach logs, audit events, errors or any table", async () => {
     const marker = `leak-${randomBytes(16).toString("hex")}`;
     const password = "secrets/leak/prod/db/password";

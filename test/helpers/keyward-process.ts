@@ -47,11 +47,13 @@ const running = new Set<ChildProcess>();
 
 /**
  * `keyward serve` as a child process on loopback port 0, with exactly `env`
- * (plus PATH); resolves once it logs "keyward listening", rejects if it exits
- * first or has not listened within 30 s. Stop what is left with
+ * (plus PATH); resolves once it logs "keyward listening" (or the message
+ * starting with `options.until`, which must carry the address), rejects if
+ * it exits first or has not listened within 30 s. Stop what is left with
  * killServerProcesses() after the tests.
  */
-export async function serveKeyward(env: Record<string, string>): Promise<ServerProcess> {
+export async function serveKeyward(env: Record<string, string>, options: { until?: string } = {}): Promise<ServerProcess> {
+  const until = `"msg":"${options.until ?? "keyward listening"}`;
   const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", "serve"], {
     cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KEYWARD_LISTEN: "127.0.0.1:0", ...env },
@@ -69,10 +71,13 @@ export async function serveKeyward(env: Record<string, string>): Promise<ServerP
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`keyward did not listen within 30 s\n${out}\n${err}`)), 30_000);
     child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (err += chunk));
+    let listening = false;
     child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
       out += chunk;
-      const match = /"msg":"keyward listening"/.test(out) ? /"address":"127\.0\.0\.1:(\d+)"/.exec(out) : null;
+      // Searched until found only: a busy server writes megabytes of access log.
+      const match = !listening && out.includes(until) ? /"address":"127\.0\.0\.1:(\d+)"/.exec(out) : null;
       if (match) {
+        listening = true;
         clearTimeout(timer);
         resolve(Number(match[1]));
       }

@@ -3,6 +3,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
+import { Code } from "@connectrpc/connect";
 import pino from "pino";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -290,6 +291,36 @@ describe("keyward root-key rotate", () => {
     const verification = await verifyAuditDatabase(pool, { publicKeyPem: checkpoint.publicKeyPem });
     expect(verification).toMatchObject({ intact: true, failures: [] });
     expect(verification.checkpointsVerified).toBeGreaterThanOrEqual(2);
+  });
+
+  it("material from before the rotation written back over a version (a replayed row) answers DATA_LOSS; the current row serves again", async () => {
+    const running = await start(newKeyFile);
+    const url = `https://127.0.0.1:${running.address.port}`;
+    const service = connectClient(CryptoService, url, await devCredentials(dataDir, "service"));
+    const current = (await stored(pool)).versions.get("keys/enc/versions/1")!;
+    const replayed = before.versions.get("keys/enc/versions/1")!;
+    expect(replayed.equals(current)).toBe(false);
+    const write = (bytes: Buffer) =>
+      pool.query("UPDATE key_versions SET wrapped_material = $1 WHERE key_name = 'keys/enc' AND version = 1", [bytes]);
+    try {
+      // Genuine bytes, bound to the right key, version and algorithm, but
+      // wrapped by the root key this deployment no longer uses.
+      await write(replayed);
+      const refused = await service.decrypt({ name: "keys/enc", ciphertext: ciphertexts[0]! }).then(
+        () => undefined,
+        (err: unknown) => err as { code: number; rawMessage: string },
+      );
+      expect(refused).toMatchObject({
+        code: Code.DataLoss,
+        rawMessage: "the stored material of version 1 of keys/enc does not open: it was altered or moved",
+      });
+    } finally {
+      await write(current);
+    }
+    await expect
+      .poll(async () => Buffer.from((await service.decrypt({ name: "keys/enc", ciphertext: ciphertexts[0]! })).plaintext), { timeout: 5000 })
+      .toEqual(plaintexts[0]);
+    await running.close();
   });
 
   it("a server on the old root key now refuses to start", async () => {

@@ -14,6 +14,7 @@ describe("loadConfig", () => {
     expect(config.rootKey).toBeUndefined();
     expect(config.logLevel).toBe("info");
     expect(config.shutdownGraceMs).toBe(8000);
+    expect(config.databaseTimeoutMs).toBe(5000);
     expect(config.audit).toEqual({ timeoutMs: 2000, queueMax: 20000, batchMax: 1000, checkpointIntervalMs: 60000 });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.audit)).toBe(true);
@@ -71,6 +72,7 @@ describe("loadConfig", () => {
     [{ DATABASE_URL: "mysql://secret-password@db" }, "DATABASE_URL must be a postgres:// or postgresql:// URL"],
     [{ KEYWARD_DB_POOL_MAX: "0" }, "KEYWARD_DB_POOL_MAX must be an integer from 1 to 500"],
     [{ KEYWARD_DB_POOL_MAX: "ten" }, "KEYWARD_DB_POOL_MAX must be an integer from 1 to 500"],
+    [{ KEYWARD_DB_TIMEOUT_MS: "99" }, "KEYWARD_DB_TIMEOUT_MS must be an integer from 100 to 600000"],
     [{ KEYWARD_TLS_CERT: "/a" }, "KEYWARD_TLS_CERT, KEYWARD_TLS_KEY and KEYWARD_TLS_CLIENT_CA must be set together"],
     [{ KEYWARD_TLS_CRL: "/crl" }, "KEYWARD_TLS_CRL needs"],
     [{ KEYWARD_ROOT_KEY: "not-a-key-but-a-secret-0123456789ab" }, "KEYWARD_ROOT_KEY must be the base64 encoding of 32 bytes"],

@@ -5,6 +5,7 @@
  * each other, and every policy shipped loads with the server's own parser.
  * Nothing here needs Docker or a cluster; the files are only read.
  */
+import { execFile } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, posix, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -13,6 +14,7 @@ import { parseAllDocuments } from "yaml";
 import { ENV_VARS, loadConfig, type Config } from "../../src/config.js";
 import { createAuthorizer } from "../../src/domain/authz/decide.js";
 import { parsePolicy, POLICY_API_VERSION, POLICY_KIND, type Policy } from "../../src/domain/authz/policy.js";
+import { LIVENESS_PATH, READINESS_PATH, serveMetrics, type Readiness } from "../../src/server/metrics.js";
 
 // Manifests are free-form YAML; the checks below say what they expect of them.
 type Json = any;
@@ -424,6 +426,39 @@ describe.each(composeFiles.map((y) => [relative(ROOT, y.file), y] as const))("%s
     expectPolicyLoads(readFileSync(hostFile, "utf8"), relative(ROOT, hostFile));
   });
 
+  it.each(keyward)("%s: is healthy only while GET /readyz on its metrics port answers 200", async (name, service) => {
+    const env = environmentOf(service);
+    const metricsListen = loadConfig({ ...imageEnv, ...env }, "/app").metricsListen;
+    expect(metricsListen, `${name}: KEYWARD_METRICS_LISTEN, which the health check asks`).toBeDefined();
+    // The check dials 127.0.0.1 inside the container.
+    expect(["127.0.0.1", "0.0.0.0"], name).toContain(metricsListen!.host);
+    const [form, command, ...args] = (service.healthcheck?.test ?? []) as string[];
+    expect(form, `${name}: healthcheck in exec form`).toBe("CMD");
+    expect(command, `${name}: the image has node, not curl`).toBe("node");
+    expect(args.join(" ")).toContain(READINESS_PATH);
+
+    // Run the check itself against the real endpoint, one in each state (and one closed).
+    const states: readonly Readiness[] = ["starting", "ready", "draining", "ready"];
+    const endpoints = await Promise.all(
+      states.map((state) => serveMetrics({ metrics: async () => "", contentType: "text/plain" }, "127.0.0.1", 0, () => state)),
+    );
+    const closed = endpoints.at(-1)!.address.port;
+    await endpoints.pop()!.close();
+    const check = (port: number) =>
+      new Promise<number>((resolve, reject) => {
+        const listen = `127.0.0.1:${port}`;
+        const child = execFile(process.execPath, args, { env: { ...env, PATH: process.env.PATH ?? "", KEYWARD_METRICS_LISTEN: listen }, timeout: 10_000 });
+        child.once("error", reject);
+        child.once("exit", (code) => resolve(code ?? -1));
+      });
+    try {
+      const exits = await Promise.all([...endpoints.map((e) => check(e.address.port)), check(closed)]);
+      expect(exits, `${name}: exit codes when starting, ready, draining, not listening`).toEqual([1, 0, 1, 1]);
+    } finally {
+      await Promise.all(endpoints.map((e) => e.close()));
+    }
+  });
+
   it.each(keyward)("%s: gives SIGTERM's drain time to finish", (name, service) => {
     const config = loadConfig({ ...imageEnv, ...environmentOf(service) }, "/app");
     const grace = /^(\d+)s$/.exec(service.stop_grace_period ?? "10s");
@@ -494,15 +529,28 @@ describe("deploy/kubernetes", () => {
     expect(pod.enableServiceLinks).toBe(false);
   });
 
-  it("declares the port it listens on, and probes that port", () => {
-    const { port } = config().listen;
-    expect((container.ports as Json[]).map((p) => p.containerPort)).toEqual([port]);
-    for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
+  it("declares the gRPC and metrics ports it listens on", () => {
+    const { listen, metricsListen } = config();
+    expect(metricsListen, "KEYWARD_METRICS_LISTEN: the probes ask it").toBeDefined();
+    // kubelet probes the pod's address, not its loopback.
+    expect(["127.0.0.1", "localhost", "::1"]).not.toContain(metricsListen!.host);
+    expect(containerPort("grpc")).toBe(listen.port);
+    expect(containerPort("metrics")).toBe(metricsListen!.port);
+    expect((container.ports as Json[]).map((p) => p.containerPort)).toHaveLength(2);
+  });
+
+  it("probes start-up and readiness at /readyz and liveness at /livez, over HTTP on the metrics port", () => {
+    const { metricsListen } = config();
+    const paths = { startupProbe: READINESS_PATH, readinessProbe: READINESS_PATH, livenessProbe: LIVENESS_PATH };
+    for (const [probe, path] of Object.entries(paths)) {
       const spec = container[probe];
-      expect(spec, probe).toBeDefined();
-      // grpc.health.v1 needs a client certificate: TCP is what kubelet can do.
-      expect(spec.tcpSocket, `${probe}: tcpSocket`).toBeDefined();
-      expect(containerPort(spec.tcpSocket.port), probe).toBe(port);
+      expect(spec?.httpGet, `${probe}: httpGet`).toBeDefined();
+      // The gRPC port needs a client certificate and audits every call; its
+      // listener also opens before the database is reached.
+      expect(spec.tcpSocket ?? spec.grpc ?? spec.exec, probe).toBeUndefined();
+      expect(spec.httpGet.path, probe).toBe(path);
+      expect(spec.httpGet.scheme ?? "HTTP", probe).toBe("HTTP");
+      expect(containerPort(spec.httpGet.port), probe).toBe(metricsListen!.port);
     }
   });
 
@@ -627,15 +675,22 @@ describe("deploy/kubernetes", () => {
     expect(allowed).toBeLessThan(deployment.spec.replicas);
   });
 
-  it("has a NetworkPolicy for the pods that admits the gRPC port only", () => {
+  it("has a NetworkPolicy for the pods that admits the gRPC port and the metrics port, each from named pods only", () => {
     const [policy] = ofKind("NetworkPolicy");
     expect(policy).toBeDefined();
     expect(policy.metadata.namespace).toBe(namespace);
     expect(selects(policy.spec.podSelector.matchLabels)).toBe(true);
     expect(policy.spec.policyTypes).toEqual(expect.arrayContaining(["Ingress", "Egress"]));
-    for (const rule of policy.spec.ingress as Json[]) {
-      expect(rule.ports.map((p: Json) => containerPort(p.port))).toEqual([config().listen.port]);
+    const { listen, metricsListen } = config();
+    const admitted = (policy.spec.ingress as Json[]).map((rule) => {
+      // A rule without "from" would admit everyone.
+      expect(rule.from?.length ?? 0).toBeGreaterThan(0);
+      return rule.ports.map((p: Json) => containerPort(p.port));
+    });
+    for (const ports of admitted) {
+      expect([[listen.port], [metricsListen!.port]]).toContainEqual(ports);
     }
+    expect(admitted).toContainEqual([listen.port]);
   });
 
   it("keeps every namespaced object in the Deployment's namespace", () => {

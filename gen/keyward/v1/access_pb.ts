@@ -163,7 +163,8 @@ export type GetCallerIdentityResponse = Message<"keyward.v1.GetCallerIdentityRes
   grants: Grant[];
 
   /**
-   * The client certificate.
+   * The verified client certificate of the connection, which identity was
+   * taken from.
    *
    * @generated from field: keyward.v1.CertificateInfo certificate = 5;
    */

@@ -23,10 +23,14 @@
 // every RPC can return UNAUTHENTICATED (no verified client identity), INTERNAL
 // (unexpected failure, details only in the server's logs), DATA_LOSS (stored key
 // material or a stored secret value was altered or moved in the database and no
-// longer opens: Keyward refuses to use it rather than use the wrong key), and the
-// client-side DEADLINE_EXCEEDED and CANCELED. UNAVAILABLE means the call was not
-// carried out (typically the database or the audit log could not be written) and
-// may be retried with backoff.
+// longer opens: Keyward refuses to use it rather than use the wrong key),
+// INVALID_ARGUMENT (the request is not a valid protobuf message of its type),
+// RESOURCE_EXHAUSTED (the request is larger than the server's maximum message
+// size, 4 MiB by default, or the caller already has the most calls in flight one
+// identity may have, 256 by default), and the client-side DEADLINE_EXCEEDED and
+// CANCELED. UNAVAILABLE means the call was not carried out (typically the
+// database or the audit log could not be written) and may be retried with
+// backoff.
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
@@ -220,7 +224,9 @@ export type KeyVersion = Message<"keyward.v1.KeyVersion"> & {
   version: number;
 
   /**
-   * Current state.
+   * Current state: ENABLED or DISABLED (EnableKeyVersion, DisableKeyVersion),
+   * DESTROYED once its key is destroyed. A version is usable only while its key
+   * is ENABLED as well.
    *
    * @generated from field: keyward.v1.KeyVersionState state = 3;
    */
@@ -248,7 +254,8 @@ export type KeyVersion = Message<"keyward.v1.KeyVersion"> & {
   destroyTime?: Timestamp | undefined;
 
   /**
-   * How much the version has been used.
+   * How much the version has been used: successful operations and the time of
+   * the latest.
    *
    * @generated from field: keyward.v1.KeyVersionUsage usage = 7;
    */
@@ -372,7 +379,8 @@ export const GetKeyRequestSchema: GenMessage<GetKeyRequest> = /*@__PURE__*/
  */
 export type GetKeyResponse = Message<"keyward.v1.GetKeyResponse"> & {
   /**
-   * The key.
+   * The key's metadata and state, never its material; the only answer with
+   * secret_versions_to_rewrap and usage set.
    *
    * @generated from field: keyward.v1.Key key = 1;
    */

@@ -181,7 +181,9 @@ export type SecretVersion = Message<"keyward.v1.SecretVersion"> & {
   version: bigint;
 
   /**
-   * Current state.
+   * Current state: changed by DisableSecretVersion, EnableSecretVersion and
+   * DestroySecretVersion; DESTROYED as well when a new version pushes it beyond
+   * the secret's max_versions.
    *
    * @generated from field: keyward.v1.SecretVersionState state = 3;
    */

@@ -13,6 +13,7 @@ import type { LoadedKey } from "../../crypto/key-material.js";
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { DomainError } from "../errors.js";
 import type { KeyAlgorithm } from "./key.js";
+import { missingVersion } from "./key-manager.js";
 import { openMaterial } from "./material.js";
 import type { ChangeFeed } from "../change-feed.js";
 import type { KeyRepository, StoredKey } from "./repository.js";
@@ -75,7 +76,10 @@ export function createKeyCache(deps: KeyCacheDeps): KeyCache {
     const { key } = stored;
     const openVersion = async (version: number): Promise<OpenedVersion> => {
       const material = await repository.material(key.name, version);
-      if (material?.wrapped == null) {
+      if (material === undefined) {
+        throw missingVersion(key.name, version);
+      }
+      if (material.wrapped == null) {
         throw new DomainError("failed-precondition", `version ${version} of ${key.name} is DESTROYED`);
       }
       let loaded: LoadedKey;

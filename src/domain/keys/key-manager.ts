@@ -86,12 +86,31 @@ const versionChange = (key: Key, change: KeyVersionChange): KeyMutation<{ key: K
   result: { key, version: change.version },
 });
 
+/**
+ * The stored row of `version`.
+ *
+ * Keyward never deletes a version's row (destroying one keeps it, without
+ * material), and the primary is always the highest version: a version from
+ * 1 to the primary without a row was deleted behind Keyward's back, and is
+ * reported as such rather than as a version that never existed.
+ *
+ * @throws DomainError "not-found" for a version the key never had,
+ *   "data-loss" for one missing from storage.
+ */
 export function findVersion(stored: StoredKey, version: number): KeyVersion {
   const found = stored.versions.find((v) => v.version === version);
   if (found === undefined) {
+    if (Number.isSafeInteger(version) && version >= 1 && version <= stored.key.primaryVersion) {
+      throw missingVersion(stored.key.name, version);
+    }
     throw new DomainError("not-found", `${keyVersionName(stored.key.name, version)} not found`);
   }
   return found;
+}
+
+/** The DATA_LOSS of a version whose row is gone (see {@link findVersion}). */
+export function missingVersion(keyName: string, version: number): DomainError {
+  return new DomainError("data-loss", `version ${version} of ${keyName} is missing from the database: it was deleted outside Keyward`);
 }
 
 export function createKeyManager(deps: KeyManagerDeps): KeyManager {

@@ -52,9 +52,14 @@ export interface SecretRepository {
   get(name: string): Promise<Secret | undefined>;
   /**
    * A version's metadata and value with its secret, in one read. `latest`:
-   * the newest ENABLED version. Undefined when the secret or version does not exist.
+   * the newest ENABLED version. Undefined when the secret does not exist;
+   * only `secret` when the version does not (read in the same snapshot, so
+   * that telling a missing row from a version that never was cannot mix two
+   * incarnations of a name). `newer` counts the rows of versions above the
+   * one read: Keyward never deletes a version's row, so anything but
+   * `current_version - version` means rows were deleted behind its back.
    */
-  read(name: string, version: number | "latest"): Promise<{ secret: Secret; version: SecretVersion; value: StoredValue | null } | undefined>;
+  read(name: string, version: number | "latest"): Promise<SecretRead | undefined>;
   /** Secrets whose name starts with `prefix/` (or equals it), ascending by name after `after`. */
   list(prefix: string, filter: SecretFilter, after: string, limit: number): Promise<Secret[]>;
   /** Versions below `before`, newest first. */
@@ -84,3 +89,8 @@ export interface SecretRepository {
   /** Writes `value` over a version's stored value if it is still `expected` (byte for byte); false otherwise. */
   replaceValue(secretName: string, version: number, expected: Buffer, value: StoredValue): Promise<boolean>;
 }
+
+/** What {@link SecretRepository.read} finds: the secret, and the version when it exists. */
+export type SecretRead =
+  | { readonly secret: Secret; readonly version: SecretVersion; readonly value: StoredValue | null; readonly newer: number }
+  | { readonly secret: Secret; readonly version: undefined };

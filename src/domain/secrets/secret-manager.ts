@@ -296,10 +296,40 @@ export function createSecretManager(deps: {
     }
   };
 
+  /**
+   * The refusal for a version without a row. Keyward never deletes a
+   * version's row (destroying one keeps it, without its value) before the
+   * secret itself: a version up to current_version without a row was
+   * deleted behind its back, which is DATA_LOSS, not a version that never was.
+   */
+  const absent = (secret: Secret, version: number): DomainError =>
+    version >= 1 && version <= secret.currentVersion
+      ? new DomainError(
+          "data-loss",
+          `${secretVersionName(secret.name, version)} is missing from the database: it was deleted outside Keyward`,
+        )
+      : new DomainError("not-found", `${secretVersionName(secret.name, version)} not found`);
+
+  /**
+   * `latest` is the newest ENABLED version only if every version above it
+   * still has its row (DISABLED or DESTROYED): with a newer row deleted,
+   * an older value would be served as the latest without a word.
+   */
+  const requireNoneMissingAbove = (found: { secret: Secret; version: SecretVersion; newer: number }): void => {
+    const expected = found.secret.currentVersion - found.version.version;
+    if (found.newer !== expected) {
+      throw new DomainError(
+        "data-loss",
+        `the versions of ${found.secret.name} above version ${found.version.version} do not add up to its current version ` +
+          `${found.secret.currentVersion}: rows were deleted or altered outside Keyward`,
+      );
+    }
+  };
+
   const versionOf = async (locked: LockedSecret, version: number): Promise<SecretVersion> => {
     const found = await locked.version(version);
     if (found === undefined) {
-      throw new DomainError("not-found", `${secretVersionName(locked.secret.name, version)} not found`);
+      throw absent(locked.secret, version);
     }
     return found;
   };
@@ -405,7 +435,10 @@ export function createSecretManager(deps: {
         async () => {
           const found = await repository.read(name, from);
           if (found === undefined) {
-            throw new DomainError("not-found", `${secretVersionName(name, from)} not found`);
+            throw new DomainError("not-found", `${name} not found`);
+          }
+          if (found.version === undefined) {
+            throw absent(found.secret, from);
           }
           requireReadable(found.version, "rollback");
           source = found.value!.ciphertext;
@@ -424,11 +457,16 @@ export function createSecretManager(deps: {
     async access(name, version) {
       const found = await (cache ?? repository).read(name, version);
       if (found === undefined) {
-        await get(name);
-        throw new DomainError(
-          "not-found",
-          version === "latest" ? `${name} has no ENABLED version` : `${secretVersionName(name, version)} not found`,
-        );
+        throw new DomainError("not-found", `${name} not found`);
+      }
+      if (found.version === undefined) {
+        if (version === "latest") {
+          throw new DomainError("not-found", `${name} has no ENABLED version`);
+        }
+        throw absent(found.secret, version);
+      }
+      if (version === "latest") {
+        requireNoneMissingAbove(found);
       }
       requireReadable(found.version, "access");
       return { version: found.version, value: await decrypt(found.secret, found.version.version, found.value!) };

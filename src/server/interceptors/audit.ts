@@ -86,10 +86,10 @@ export function createAuditInterceptor(deps: {
         policyDigest: deps.policy.current().policy.digest,
       };
     };
-    const record = async (code: Code | 0, message: string) => {
+    const record = async (code: Code | 0, message: string, signal: AbortSignal | null = req.signal) => {
       const event = build(code, message);
       try {
-        await deps.audit.append(event, req.signal);
+        await deps.audit.append(event, signal ?? undefined);
       } catch (err) {
         if (err instanceof DomainError) {
           throw new ConnectError(err.message, Code.Unavailable, undefined, undefined, err);
@@ -108,7 +108,11 @@ export function createAuditInterceptor(deps: {
       res = await next(req);
     } catch (err) {
       const error = ConnectError.from(err);
-      await record(error.code, error.rawMessage);
+      // Not bound to the call's signal: a streaming request that fails to
+      // decode has already aborted it (Connect closes the request body), and
+      // its refusal must still be recorded and answered as such. The audit
+      // timeout bounds the wait.
+      await record(error.code, error.rawMessage, null);
       throw err;
     }
     if (!req.contextValues.get(kAuditWritten)) {

@@ -1,5 +1,5 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { kDecision, kIdentity } from "../context.js";
+import { kAuthenticationRefusal, kDecision, kIdentity } from "../context.js";
 import { PERMISSIONS } from "../permissions.js";
 import type { PolicyStore } from "../policy-store.js";
 
@@ -17,7 +17,7 @@ export function createAuthenticateInterceptor(policy: PolicyStore): Interceptor 
     const identity = req.contextValues.get(kIdentity);
     if (identity === undefined) {
       throw new ConnectError(
-        "a client certificate naming the caller (SPIFFE ID or subject CN) is required",
+        req.contextValues.get(kAuthenticationRefusal) || "a client certificate naming the caller is required",
         Code.Unauthenticated,
       );
     }

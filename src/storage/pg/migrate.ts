@@ -16,6 +16,11 @@ export interface MigrateOptions {
   schema?: string;
   /** Progress messages (which migrations run). Default: discarded. */
   log?: (msg: string) => void;
+  /**
+   * How long to wait for the connection. Default: no bound. Queries are
+   * never bounded: waiting for another replica's migrations is normal.
+   */
+  connectTimeoutMs?: number;
 }
 
 /** The repository's `migrations/` folder, independent of the process's working directory. */
@@ -55,6 +60,7 @@ export async function migrate(options: MigrateOptions): Promise<string[]> {
   const client = new pg.Client({
     connectionString: options.connectionString,
     application_name: "keyward-migrate",
+    ...(options.connectTimeoutMs !== undefined ? { connectionTimeoutMillis: options.connectTimeoutMs } : {}),
   });
   // An "error" event without a listener would crash the process; the failure
   // also surfaces as the rejection of whatever query was running.

@@ -171,13 +171,14 @@ export function createPgSecretRepository(pool: pg.Pool): SecretRepository {
     },
 
     async read(name, version) {
-      const { rows } = await pool.query<SecretRow & VersionRow & { ciphertext: Buffer | null; key_version: number | null }>({
+      const { rows } = await pool.query<SecretRow & VersionRow & { ciphertext: Buffer | null; key_version: number | null; newer: number }>({
         name: version === "latest" ? "secret-read-latest" : "secret-read-version",
         text: `SELECT s.name, s.uid, s.type, s.description, s.labels, s.key_name, s.max_versions, s.current_version,
                  s.create_time, s.update_time, s.creator, s.updater, s.etag,
                  v.secret_name, v.version, v.state, v.create_time AS version_create_time, v.creator AS version_creator,
-                 v.destroy_time, v.client_specified_data_crc32c, v.origin, v.source_version, v.ciphertext, v.key_version
-               FROM secrets s JOIN LATERAL (
+                 v.destroy_time, v.client_specified_data_crc32c, v.origin, v.source_version, v.ciphertext, v.key_version,
+                 (SELECT count(*) FROM secret_versions n WHERE n.secret_name = s.name AND n.version > v.version)::integer AS newer
+               FROM secrets s LEFT JOIN LATERAL (
                  SELECT * FROM secret_versions
                   WHERE secret_name = s.name AND ${version === "latest" ? "state = 'ENABLED'" : "version = $2"}
                   ORDER BY version DESC LIMIT 1
@@ -185,14 +186,18 @@ export function createPgSecretRepository(pool: pg.Pool): SecretRepository {
                WHERE s.name = $1`,
         values: version === "latest" ? [name] : [name, version],
       });
-      const row = rows[0] as (SecretRow & VersionRow & { version_create_time: Date; version_creator: string; ciphertext: Buffer | null; key_version: number | null }) | undefined;
+      const row = rows[0] as (SecretRow & VersionRow & { version_create_time: Date; version_creator: string; ciphertext: Buffer | null; key_version: number | null; newer: number }) | undefined;
       if (row === undefined) {
         return undefined;
+      }
+      if (row.version === null) {
+        return { secret: secretFromRow(row), version: undefined };
       }
       return {
         secret: secretFromRow(row),
         version: versionFromRow({ ...row, create_time: row.version_create_time, creator: row.version_creator }),
         value: valueOf(row),
+        newer: row.newer,
       };
     },
 

@@ -1,4 +1,5 @@
 import type pg from "pg";
+import { isDatabaseUnavailable } from "./errors.js";
 
 /**
  * Runs `fn` inside one transaction on one pooled connection.
@@ -10,6 +11,9 @@ import type pg from "pg";
  * - A connection whose state is unknown (rollback failed) is destroyed rather
  *   than returned to the pool, so the next caller never inherits an open or
  *   aborted transaction.
+ * - A connection that was lost or stopped answering (a query timed out) is
+ *   destroyed without a ROLLBACK, which could only wait out another timeout:
+ *   the server rolls back a transaction whose connection ends.
  *
  * Isolation is the server default (READ COMMITTED) unless `fn` changes it as
  * its first statement (`SET TRANSACTION ISOLATION LEVEL ...`).
@@ -35,6 +39,10 @@ export async function withTransaction<T>(
       await client.query("COMMIT");
       return result;
     } catch (error) {
+      if (isDatabaseUnavailable(error)) {
+        reusable = false;
+        throw error;
+      }
       // After a failed COMMIT the transaction is already over; ROLLBACK then
       // only warns, so it is safe to send in both cases.
       await client.query("ROLLBACK").catch(() => {

@@ -1,6 +1,6 @@
 import type { PeerCertificate } from "node:tls";
 import { describe, expect, it } from "vitest";
-import { identityFromCertificate } from "../../../src/server/identity.js";
+import { certificateRefusal, CLIENT_AUTH_OID, identityFromCertificate } from "../../../src/server/identity.js";
 
 function peer(fields: { cn?: string | string[]; san?: string; o?: string }): PeerCertificate {
   return {
@@ -44,5 +44,29 @@ describe("identityFromCertificate", () => {
       notAfter: new Date("2027-11-24T06:00:00Z"),
       sha256Fingerprint: "abcdef",
     });
+  });
+});
+
+describe("certificateRefusal", () => {
+  const SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
+  const withUsage = (ext_key_usage: string[] | undefined) =>
+    ({ ...peer({ cn: "svc" }), ...(ext_key_usage ? { ext_key_usage } : {}) }) as PeerCertificate;
+
+  it.each([
+    ["clientAuth alone", [CLIENT_AUTH_OID]],
+    ["clientAuth among others (an X.509-SVID has serverAuth and clientAuth)", [SERVER_AUTH, CLIENT_AUTH_OID]],
+  ])("accepts %s", (_name, usages) => {
+    expect(certificateRefusal(withUsage(usages))).toBeUndefined();
+  });
+
+  it.each([
+    ["no extended key usage at all", undefined],
+    ["serverAuth only (a server certificate)", [SERVER_AUTH]],
+    ["anyExtendedKeyUsage", ["2.5.29.37.0"]],
+    ["an empty list", []],
+  ])("refuses %s, naming the certificate's serial and the usage it lacks", (_name, usages) => {
+    expect(certificateRefusal(withUsage(usages))).toBe(
+      `the client certificate (serial 0a1b2c) is not issued for client authentication: its extended key usage must include clientAuth (${CLIENT_AUTH_OID})`,
+    );
   });
 });
