@@ -1,5 +1,6 @@
 import { existsSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { link, mkdir, unlink, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { generateRootKeyFile } from "../crypto/root-key.js";
 import { POLICY_API_VERSION, POLICY_KIND } from "../domain/authz/policy.js";
@@ -31,14 +32,21 @@ rules:
 ${rules}`;
 }
 
-/** Writes `file` with `content` unless it exists; returns whether it wrote. */
+/**
+ * Writes `file` with `content` unless it exists; returns whether it wrote.
+ * The content goes to a private temporary file first and is linked into
+ * place in one step, so a process starting beside this one on the same data
+ * folder sees either no file or the whole of it, never an empty one.
+ */
 async function ensureFile(file: string, content: () => string | Buffer, mode: number): Promise<boolean> {
   if (existsSync(file)) {
     return false;
   }
   await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+  const staging = `${file}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
+  await writeFile(staging, content(), { mode, flag: "wx" });
   try {
-    await writeFile(file, content(), { mode, flag: "wx" });
+    await link(staging, file);
     return true;
   } catch (err) {
     // Another process starting on the same data folder wrote it first: use theirs.
@@ -46,6 +54,8 @@ async function ensureFile(file: string, content: () => string | Buffer, mode: nu
       return false;
     }
     throw err;
+  } finally {
+    await unlink(staging);
   }
 }
 
