@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { LIVENESS_PATH, METRICS_PATH, READINESS_PATH } from "../../src/server/metrics.js";
 import { eventually } from "../helpers/expect.js";
 import { devCredentials, type ClientCredentials } from "../helpers/keyward.js";
-import { killServerProcesses, serveKeyward, type ServerProcess } from "../helpers/keyward-process.js";
+import { killServerProcesses, serveKeyward, type ServerProcess, logLines, type LogLine } from "../helpers/keyward-process.js";
 import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-postgres.js";
 
 /**
@@ -30,15 +30,6 @@ afterAll(async () => {
   for (const step of cleanups.reverse()) await step();
 });
 
-type LogLine = Record<string, unknown> & { msg: string };
-const logLines = (server: ServerProcess): LogLine[] =>
-  server.lines().flatMap((line) => {
-    try {
-      return [JSON.parse(line) as LogLine];
-    } catch {
-      return [];
-    }
-  });
 
 /** A private PostgreSQL, stopped, and a data folder: the server starts before its database. */
 async function setUp(): Promise<{ db: PrivatePostgres; dataDir: string }> {

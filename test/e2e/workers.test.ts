@@ -9,7 +9,7 @@ import { connectClient } from "../helpers/clients.js";
 import { createScratch } from "../helpers/database.js";
 import { eventually } from "../helpers/expect.js";
 import { devCredentials, type ClientCredentials } from "../helpers/keyward.js";
-import { keywardCli, killServerProcesses, serveKeyward, type ServerProcess } from "../helpers/keyward-process.js";
+import { keywardCli, killServerProcesses, logLines, serveKeyward, type ServerProcess } from "../helpers/keyward-process.js";
 
 /**
  * KEYWARD_WORKERS=2: one supervisor and two server processes sharing one
@@ -36,13 +36,11 @@ describe("KEYWARD_WORKERS=2", () => {
   let calls = 0;
 
   /** The supervisor's line, written once every worker listens. */
-  const supervisorLine = () => server.lines().map((l) => JSON.parse(l) as Record<string, unknown>).find((e) => e.msg === "keyward workers listening");
+  const supervisorLine = () => logLines(server).find((e) => e.msg === "keyward workers listening");
   /** Which worker logged each finished call, by request method. */
   const workersServing = (method: string) =>
     new Set(
-      server
-        .lines()
-        .map((l) => JSON.parse(l) as Record<string, unknown>)
+      logLines(server)
         .filter((e) => e.msg === "call" && e.method === method)
         .map((e) => e.worker),
     );

@@ -10,7 +10,7 @@ import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys_pb.js";
 import { expectFailure, eventually } from "../helpers/expect.js";
 import { devCredentials } from "../helpers/keyward.js";
-import { killServerProcesses, serveKeyward, type ServerProcess } from "../helpers/keyward-process.js";
+import { killServerProcesses, serveKeyward, type ServerProcess, logLines } from "../helpers/keyward-process.js";
 import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-postgres.js";
 
 /**
@@ -31,15 +31,6 @@ afterAll(async () => {
   for (const step of cleanups.reverse()) await step();
 });
 
-type LogLine = Record<string, unknown> & { msg: string };
-const logLines = (server: ServerProcess): LogLine[] =>
-  server.lines().flatMap((line) => {
-    try {
-      return [JSON.parse(line) as LogLine];
-    } catch {
-      return [];
-    }
-  });
 const retries = (server: ServerProcess) => logLines(server).filter((l) => l.msg.startsWith("database unreachable; retrying in"));
 
 async function setUp(): Promise<{ db: PrivatePostgres; dataDir: string; password: string }> {

@@ -1,28 +1,10 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { GRPC_CODE_NAMES } from "../../src/server/interceptors/metrics.js";
 import { REPO_ROOT } from "./keyward-process.js";
 
-/** gRPC status code names as the protos write them (CANCELED with one L, as in keys.proto). */
-const CODE_NAMES = new Set([
-  "OK",
-  "CANCELED",
-  "CANCELLED",
-  "UNKNOWN",
-  "INVALID_ARGUMENT",
-  "DEADLINE_EXCEEDED",
-  "NOT_FOUND",
-  "ALREADY_EXISTS",
-  "PERMISSION_DENIED",
-  "RESOURCE_EXHAUSTED",
-  "FAILED_PRECONDITION",
-  "ABORTED",
-  "OUT_OF_RANGE",
-  "UNIMPLEMENTED",
-  "INTERNAL",
-  "UNAVAILABLE",
-  "DATA_LOSS",
-  "UNAUTHENTICATED",
-]);
+/** gRPC status code names as the protos write them (CANCELED with one L too, as in keys.proto). */
+const CODE_NAMES = new Set([...GRPC_CODE_NAMES, "CANCELED"]);
 
 /**
  * The codes each RPC's comment in `proto/keyward/v1/*.proto` says it

@@ -96,6 +96,20 @@ export async function serveKeyward(env: Record<string, string>, options: { until
   };
 }
 
+/** A pino JSON line of the server's log. */
+export type LogLine = Record<string, unknown> & { msg: string };
+
+/** The server's stdout so far as parsed log lines (anything not JSON left out). */
+export function logLines(server: ServerProcess): LogLine[] {
+  return server.lines().flatMap((line) => {
+    try {
+      return [JSON.parse(line) as LogLine];
+    } catch {
+      return [];
+    }
+  });
+}
+
 /** SIGKILLs every process serveKeyward started that has not exited yet. */
 export function killServerProcesses(): void {
   for (const child of running) {
