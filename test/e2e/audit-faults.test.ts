@@ -377,7 +377,10 @@ describe("fail-closed when the database is unavailable", () => {
     expect(Math.max(...refused.map((o) => serverMs(o.requestId)))).toBeLessThan(TIMEOUT_MS / 2);
     expect(Math.min(...waited.map((o) => serverMs(o.requestId)))).toBeGreaterThanOrEqual(TIMEOUT_MS - 25);
     expect(Math.max(...burst.map((o) => serverMs(o.requestId)))).toBeLessThan(bound);
-    expect(Math.max(...burst.map((o) => o.ms))).toBeLessThan(2 * bound);
+    // As the client saw it: no call hangs. Its clock also counts this test
+    // process waiting for a core behind the rest of the suite, so the precise
+    // bound is the server's, just above.
+    expect(Math.max(...burst.map((o) => o.ms))).toBeLessThan(4 * bound);
 
     thaw(db);
     await expectRecovery("thawed");
