@@ -33,6 +33,19 @@ export interface ServerLimits {
  */
 export const MAX_CONCURRENT_STREAMS = 256;
 
+/**
+ * HTTP/2 flow-control windows the server grants, per stream (in SETTINGS)
+ * and per connection (a WINDOW_UPDATE on stream 0). HTTP/2's default, 64 KiB
+ * for both, makes a 256 KiB request wait for four round trips of
+ * WINDOW_UPDATEs, and a connection carrying many calls share 64 KiB between
+ * them; gRPC's C and Go implementations grow their windows past 4 MiB for
+ * the same reason. Granting more does not let a client make the server hold
+ * more: request bodies are read as they arrive, each bounded by
+ * KEYWARD_MAX_MESSAGE_BYTES, and Node caps what one session may buffer.
+ */
+export const STREAM_WINDOW_BYTES = 1 << 20;
+export const CONNECTION_WINDOW_BYTES = 4 << 20;
+
 /** Applies `idleTimeoutMs` to every HTTP/2 session, stream and HTTP/1.1 connection of `server`. */
 export function enforceIdleTimeouts(server: Http2SecureServer, idleTimeoutMs: number): void {
   server.on("session", (session) => {

@@ -4,7 +4,13 @@ import type { AddressInfo } from "node:net";
 import type { SecureContextOptions, TLSSocket } from "node:tls";
 import { createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { enforceIdleTimeouts, MAX_CONCURRENT_STREAMS, type ServerLimits } from "./connection-limits.js";
+import {
+  CONNECTION_WINDOW_BYTES,
+  enforceIdleTimeouts,
+  MAX_CONCURRENT_STREAMS,
+  type ServerLimits,
+  STREAM_WINDOW_BYTES,
+} from "./connection-limits.js";
 import { kAuthenticationRefusal, kIdentity, kPeerAddress } from "./context.js";
 import { mapDecodeErrors } from "./decode-errors.js";
 import { authenticatePeer, type PeerAuthentication } from "./identity.js";
@@ -88,7 +94,7 @@ export function createKeywardServer(options: ServerOptions): KeywardServer {
       rejectUnauthorized: true,
       allowHTTP1: true,
       handshakeTimeout: options.limits.idleTimeoutMs,
-      settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
+      settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS, initialWindowSize: STREAM_WINDOW_BYTES },
     },
     (req, res) => adapter(req, res),
   );
@@ -97,6 +103,7 @@ export function createKeywardServer(options: ServerOptions): KeywardServer {
   const sessions = new Set<Http2Session>();
   server.on("session", (session) => {
     sessions.add(session);
+    session.setLocalWindowSize(CONNECTION_WINDOW_BYTES);
     session.once("close", () => sessions.delete(session));
   });
   // HTTP/1.1 connections: track whether a request is in flight, so draining

@@ -38,6 +38,8 @@ import { BASELINE, caseById } from "./lib/cases.js";
 import { renderChart } from "./lib/chart.js";
 import { openBenchDatabase, withClient, type BenchDatabase } from "./lib/database.js";
 import { createFixtures } from "./lib/fixtures.js";
+import { runPeerComparison, peerMissing } from "./lib/peer.js";
+import { PEER_NAMES, peerTable, type Peer, type PeerPhase } from "./lib/peer-report.js";
 import { planPhases, splitSlots, type Phase } from "./lib/plan.js";
 import { monotonicMs, type Credentials, type Fixtures, type FromLoad, type ToLoad } from "./lib/protocol.js";
 import {
@@ -270,16 +272,7 @@ async function runWithWorkers(
     // Started now, so that their start-up overlaps the server's.
     for (let i = 0; i < options.loadProcesses; i++) loads.push(startLoadProcess());
     server = await startServer({
-      env: {
-        KEYWARD_LISTEN: "127.0.0.1:0",
-        KEYWARD_DATA_DIR: dataDir,
-        DATABASE_URL: database.url,
-        KEYWARD_DB_SCHEMA: schema,
-        // The default level: the per-call access line is part of what is measured.
-        KEYWARD_LOG_LEVEL: "info",
-        KEYWARD_SHUTDOWN_GRACE_MS: "2000",
-        ...(workers !== undefined && { KEYWARD_WORKERS: String(workers) }),
-      },
+      env: serverEnv(dataDir, database, schema, workers),
       logFile: join(root, `server-${workers ?? "default"}.log`),
       workers: workers ?? 1,
       cpuProfDir,
@@ -383,9 +376,62 @@ async function runWithWorkers(
     if (server) {
       await server.stop().catch((err: Error) => log(`could not stop the server: ${err.message}`));
     }
-    await withClient(database.url, (db) => db.query(`DROP SCHEMA IF EXISTS ${db.escapeIdentifier(schema)} CASCADE`)).catch((err: Error) =>
-      log(`could not drop schema ${schema}: ${err.message}`),
-    );
+    await dropSchema(database, schema);
+  }
+}
+
+/** The environment of a bench server: port 0, its own data folder and schema. */
+function serverEnv(dataDir: string, database: BenchDatabase, schema: string, workers: number | undefined): Record<string, string> {
+  return {
+    KEYWARD_LISTEN: "127.0.0.1:0",
+    KEYWARD_DATA_DIR: dataDir,
+    DATABASE_URL: database.url,
+    KEYWARD_DB_SCHEMA: schema,
+    // The default level: the per-call access line is part of what is measured.
+    KEYWARD_LOG_LEVEL: "info",
+    KEYWARD_SHUTDOWN_GRACE_MS: "2000",
+    ...(workers !== undefined && { KEYWARD_WORKERS: String(workers) }),
+  };
+}
+
+async function dropSchema(database: BenchDatabase, schema: string): Promise<void> {
+  await withClient(database.url, (db) => db.query(`DROP SCHEMA IF EXISTS ${db.escapeIdentifier(schema)} CASCADE`)).catch((err: Error) =>
+    log(`could not drop schema ${schema}: ${err.message}`),
+  );
+}
+
+/**
+ * The peer comparison: a server of Keyward's defaults (one worker unless
+ * KEYWARD_WORKERS is set), its fixtures, then peer.ts's run.
+ */
+async function runPeer(options: BenchOptions, peer: Peer, database: BenchDatabase, root: string): Promise<PeerPhase[]> {
+  const schema = `bench_${randomBytes(6).toString("hex")}`;
+  const dataDir = join(root, "data-peer");
+  let server: ServerProcess | undefined;
+  try {
+    log(`\n== peer comparison with ${PEER_NAMES[peer]}: starting Keyward (schema ${schema})`);
+    server = await startServer({ env: serverEnv(dataDir, database, schema, undefined), logFile: join(root, "server-peer.log"), workers: 1, cpuProfDir: undefined });
+    const address = `127.0.0.1:${server.port}`;
+    const [admin, service] = await Promise.all([credentialsOf(dataDir, "admin"), credentialsOf(dataDir, "service")]);
+    const fixtures = await createFixtures(address, admin, service, 1);
+    const phases = await runPeerComparison({
+      peer,
+      address,
+      serverPids: processTree(server.pid),
+      dataDir,
+      fixtures,
+      workDir: join(root, "peer"),
+      concurrency: options.concurrency,
+      seconds: options.seconds,
+      warmUpSeconds: options.warmUpSeconds,
+      log,
+    });
+    const exit = server.exit();
+    if (exit) throw new Error(`the server exited (${exit.code ?? exit.signal}) during the peer comparison; its log:\n${await server.logTail()}`);
+    return phases;
+  } finally {
+    if (server) await server.stop().catch((err: Error) => log(`could not stop the server: ${err.message}`));
+    await dropSchema(database, schema);
   }
 }
 
@@ -435,6 +481,7 @@ async function main(): Promise<number> {
   const root = await mkdtemp(join(tmpdir(), "keyward-bench-"));
   const outcomes: RunOutcome[] = [];
   const failures: string[] = [];
+  let peerPhases: PeerPhase[] = [];
   try {
     if (cpuProfDir) await mkdir(cpuProfDir, { recursive: true });
     for (const workers of options.workers) {
@@ -442,6 +489,17 @@ async function main(): Promise<number> {
       const outcome = await runWithWorkers(options, workers, database, root, cpuProfDir);
       outcomes.push(outcome);
       failures.push(...outcome.failures);
+    }
+    if (options.peer && !interrupted) {
+      const missing = await peerMissing();
+      if (missing) {
+        failures.push(missing);
+      } else {
+        peerPhases = await runPeer(options, options.peer, database, root);
+        for (const p of peerPhases.filter((p) => p.errors > 0 || p.calls === 0)) {
+          failures.push(`peer comparison: ${p.target} ${p.caseId} at ${p.concurrency}: ${p.errors} errors, ${p.calls} calls; first: ${p.firstError ?? "none"}`);
+        }
+      }
     }
   } catch (err) {
     failures.push((err as Error).message);
@@ -489,6 +547,20 @@ async function main(): Promise<number> {
   if (outcomes.length > 1) {
     sections.push("", "## Workers compared", "", workersTable(outcomes.map((o) => o.run)));
   }
+  if (options.peer && peerPhases.length > 0) {
+    const name = PEER_NAMES[options.peer];
+    sections.push(
+      "",
+      `## Keyward and ${name}`,
+      "",
+      peerTable(peerPhases, options.peer),
+      "",
+      `Both servers on this machine with the same CA, driven by one Python process (grpcio stubs for Keyward, PyKMIP's client for ${name}), ` +
+        "a thread and a connection per call in flight, the two measured one after the other for each case. " +
+        "server µs/call: CPU of the server's own processes per answered call. Keyward audits every call durably before answering; " +
+        `${name} keeps its objects in SQLite and logs each operation.`,
+    );
+  }
   if (failures.length > 0) {
     sections.push("", "## Failures", "", ...failures.map((f) => `- ${f}`));
   }
@@ -510,6 +582,7 @@ async function main(): Promise<number> {
     database: database.description.split(",")[0],
     options: { ...options, cases: options.cases.map((c) => c.id), workers: options.workers.map((w) => w ?? null) },
     runs: outcomes.map(({ run, targets, auditEvents, serverLogErrors }) => ({ ...run, targets, auditEvents, serverLogErrors })),
+    peer: options.peer ? { name: PEER_NAMES[options.peer], phases: peerPhases } : null,
     failures,
   };
   await writeFile(join(outDir, "results.json"), `${JSON.stringify(json, (_, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2)}\n`);

@@ -9,13 +9,13 @@ import { BatchEncryptRequestSchema, CryptoService } from "../../gen/keyward/v1/c
 import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys_pb.js";
 import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
 import { ENV_VARS } from "../../src/config.js";
-import { MAX_CONCURRENT_STREAMS } from "../../src/server/connection-limits.js";
+import { CONNECTION_WINDOW_BYTES, MAX_CONCURRENT_STREAMS, STREAM_WINDOW_BYTES } from "../../src/server/connection-limits.js";
 import { createScratch } from "../helpers/database.js";
 import { eventually, expectFailure, outcome } from "../helpers/expect.js";
 import { serveWithIdentities, type IdentitiesServer } from "../helpers/identities-server.js";
 import type { ClientCredentials } from "../helpers/keyward.js";
 import { killServerProcesses } from "../helpers/keyward-process.js";
-import { errorCode, FLAG, FRAME, frame, grpcRequestHeaders, H2_ERROR, PREFACE, rawHttp2, SETTINGS_MAX_CONCURRENT_STREAMS, settingValue } from "../helpers/raw-http2.js";
+import { errorCode, FLAG, FRAME, frame, grpcRequestHeaders, H2_ERROR, PREFACE, rawHttp2, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, settingValue } from "../helpers/raw-http2.js";
 
 /**
  * Every documented limit, at the limit and one step beyond, against a
@@ -205,6 +205,17 @@ describe("limits", () => {
     await Promise.all(drained);
     const after = await eventually(() => outcome(aliceAccess.getCallerIdentity({})), (o) => o.code === 0, 10_000, "alice served again");
     expect(after.value?.identity).toBe("spiffe://keyward.local/alice");
+  });
+
+  it("flow control: 1 MiB per stream and 4 MiB per connection are granted, not HTTP/2's 64 KiB", async () => {
+    const { port } = new URL(served.server.url);
+    const connection = await rawHttp2("127.0.0.1", Number(port), owner);
+    connection.write(Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0)]));
+    const connectionWindow = await connection.waitFor((f) => f.type === FRAME.WINDOW_UPDATE && f.streamId === 0, 10_000);
+    expect(settingValue(connection.frames, SETTINGS_INITIAL_WINDOW_SIZE)).toBe(STREAM_WINDOW_BYTES);
+    // The connection's window starts at 65,535 bytes (RFC 9113 §6.9.2); the update raises it.
+    expect(65_535 + connectionWindow.payload.readUInt32BE(0)).toBe(CONNECTION_WINDOW_BYTES);
+    connection.destroy();
   });
 
   it(`concurrent streams per connection: ${MAX_CONCURRENT_STREAMS} are opened, the next one is refused`, async () => {

@@ -4,12 +4,14 @@ import type { ClientCredentials } from "./keyward.js";
 /** The HTTP/2 client connection preface (RFC 9113 §3.4). */
 export const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 
-export const FRAME = { DATA: 0x0, HEADERS: 0x1, RST_STREAM: 0x3, SETTINGS: 0x4, PING: 0x6, GOAWAY: 0x7 } as const;
+export const FRAME = { DATA: 0x0, HEADERS: 0x1, RST_STREAM: 0x3, SETTINGS: 0x4, PING: 0x6, GOAWAY: 0x7, WINDOW_UPDATE: 0x8 } as const;
 export const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4 } as const;
 /** HTTP/2 error codes (RFC 9113 §7). */
 export const H2_ERROR = { NO_ERROR: 0x0, PROTOCOL_ERROR: 0x1, CANCEL: 0x8, REFUSED_STREAM: 0x7, ENHANCE_YOUR_CALM: 0xb } as const;
 /** SETTINGS_MAX_CONCURRENT_STREAMS. */
 export const SETTINGS_MAX_CONCURRENT_STREAMS = 0x3;
+/** SETTINGS_INITIAL_WINDOW_SIZE. */
+export const SETTINGS_INITIAL_WINDOW_SIZE = 0x4;
 
 export interface Frame {
   readonly type: number;

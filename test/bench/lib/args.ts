@@ -1,6 +1,7 @@
 /** The bench's command line: parsed, defaulted and checked. Pure. */
 import { parseArgs } from "node:util";
 import { CASES, QUICK_CASE_IDS, selectCases, type BenchCase } from "./cases.js";
+import { PEER_CASE_IDS, PEERS, type Peer } from "./peer-report.js";
 
 export const USAGE = `usage: npm run bench -- [options]
 
@@ -15,6 +16,8 @@ export const USAGE = `usage: npm run bench -- [options]
   --load-processes N       processes generating the load (default 2)
   --connections N          connections per load process and service (default 4)
   --baseline-every N       measure the baseline again after every N cases (default 4)
+  --peer kmip              then the same operations on a KMIP server (PyKMIP) and on Keyward, both
+                           driven by one Python client; cases default to ${PEER_CASE_IDS.join(", ")}
   --help                   this text
 
 cases: ${CASES.map((c) => c.id).join(", ")}
@@ -40,6 +43,8 @@ export interface BenchOptions {
   readonly loadProcesses: number;
   readonly connections: number;
   readonly baselineEvery: number;
+  /** Compare with this peer after the runs; undefined: no comparison. */
+  readonly peer: Peer | undefined;
 }
 
 export type ParsedArgs =
@@ -113,6 +118,7 @@ export function parseBenchArgs(argv: readonly string[]): ParsedArgs {
         "load-processes": { type: "string" },
         connections: { type: "string" },
         "baseline-every": { type: "string" },
+        peer: { type: "string" },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -124,7 +130,12 @@ export function parseBenchArgs(argv: readonly string[]): ParsedArgs {
   }
   try {
     const quick = values.quick === true;
-    let cases: readonly BenchCase[] = quick ? CASES.filter((c) => QUICK_CASE_IDS.includes(c.id)) : CASES;
+    const peer = values.peer;
+    if (peer !== undefined && !(PEERS as readonly string[]).includes(peer)) {
+      throw new UsageError(`--peer must be one of ${PEERS.join(", ")}, not "${peer}"`);
+    }
+    const defaultCaseIds: readonly string[] | undefined = quick ? QUICK_CASE_IDS : peer !== undefined ? PEER_CASE_IDS : undefined;
+    let cases: readonly BenchCase[] = defaultCaseIds ? CASES.filter((c) => defaultCaseIds.includes(c.id)) : CASES;
     if (values.cases !== undefined) {
       const selection = selectCases(values.cases);
       if (selection.kind === "invalid") {
@@ -162,6 +173,7 @@ export function parseBenchArgs(argv: readonly string[]): ParsedArgs {
           values["baseline-every"] === undefined
             ? base.baselineEvery
             : integerIn("baseline-every", values["baseline-every"], 1, Number.MAX_SAFE_INTEGER),
+        peer: peer as Peer | undefined,
       },
     };
   } catch (err) {

@@ -15,6 +15,14 @@ import { monotonicMs, type Credentials, type Fixtures, type FromLoad, type ToLoa
 /** Calls still unanswered this long after the window are reported as hung (an error) rather than awaited. */
 const STALL_MS = 30_000;
 
+/**
+ * Requests are encoded once (operations.ts builds each once) and answers may
+ * use a 4 MiB flow-control window: a BatchEncrypt answer of 280 KiB then
+ * arrives without waiting for WINDOW_UPDATEs, as with gRPC's C and Go
+ * clients, which size their windows to the connection.
+ */
+const CLIENT_OPTIONS = { encodeOnce: true, channelOptions: { "grpc-node.flow_control_window": 4 << 20 } };
+
 const send = (message: FromLoad) => process.send!(message);
 
 let connections: ConnectionStubs[] = [];
@@ -25,9 +33,9 @@ function connect(address: string, credentials: Credentials, count: number, data:
   const creds = { ca: Buffer.from(credentials.ca), cert: Buffer.from(credentials.cert), key: Buffer.from(credentials.key) };
   fixtures = data;
   connections = Array.from({ length: count }, () => {
-    const health = grpcJsClient(Health, address, creds);
-    const crypto = grpcJsClient(CryptoService, address, creds);
-    const secrets = grpcJsClient(SecretsService, address, creds);
+    const health = grpcJsClient(Health, address, creds, CLIENT_OPTIONS);
+    const crypto = grpcJsClient(CryptoService, address, creds, CLIENT_OPTIONS);
+    const secrets = grpcJsClient(SecretsService, address, creds, CLIENT_OPTIONS);
     closers.push(health.close, crypto.close, secrets.close);
     return { health: health.stubs, crypto: crypto.stubs, secrets: secrets.stubs };
   });

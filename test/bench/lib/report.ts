@@ -132,7 +132,7 @@ export function formatMs(value: number): string {
 const formatRatio = (value: number | undefined) => (value === undefined || !Number.isFinite(value) ? "–" : value.toFixed(2));
 const formatPercent = (value: number) => (Number.isFinite(value) ? `${(value * 100).toFixed(1)} %` : "–");
 
-function table(header: readonly string[], align: readonly ("l" | "r")[], rows: readonly (readonly string[])[]): string {
+export function table(header: readonly string[], align: readonly ("l" | "r")[], rows: readonly (readonly string[])[]): string {
   const escape = (cell: string) => cell.replaceAll("|", "\\|");
   return [
     `| ${header.map(escape).join(" | ")} |`,

@@ -100,3 +100,24 @@ describe("defaultOutDir", () => {
     expect(defaultOutDir(new Date("2026-12-01T04:40:47.123Z"))).toBe("bench-results/2026-12-01T04-40-47Z");
   });
 });
+
+describe("parseBenchArgs --peer", () => {
+  it("is off by default", () => {
+    expect(options([]).peer).toBeUndefined();
+  });
+
+  it("--peer kmip: the comparison, and the main run narrowed to the operations it compares", () => {
+    const o = options(["--peer", "kmip"]);
+    expect(o.peer).toBe("kmip");
+    expect(o.cases.map((c) => c.id)).toEqual(["encrypt-1k", "decrypt-1k", "sign-rsa2048"]);
+  });
+
+  it("--cases still chooses the main run's cases", () => {
+    expect(options(["--peer", "kmip", "--cases", "mac-1k"]).cases.map((c) => c.id)).toEqual(["mac-1k"]);
+  });
+
+  it("refuses a peer it does not know", () => {
+    expect(invalid(["--peer", "vault"])).toBe('--peer must be one of kmip, not "vault"');
+    expect(invalid(["--peer"])).toMatch(/--peer/);
+  });
+});
