@@ -496,7 +496,8 @@ async function main(): Promise<number> {
         failures.push(missing);
       } else {
         peerPhases = await runPeer(options, options.peer, database, root);
-        for (const p of peerPhases.filter((p) => p.errors > 0 || p.calls === 0)) {
+        // The peer being slow is a finding, not a failure: only errors, or Keyward answering nothing, fail the run.
+        for (const p of peerPhases.filter((p) => p.errors > 0 || (p.target === "keyward" && p.calls === 0))) {
           failures.push(`peer comparison: ${p.target} ${p.caseId} at ${p.concurrency}: ${p.errors} errors, ${p.calls} calls; first: ${p.firstError ?? "none"}`);
         }
       }
