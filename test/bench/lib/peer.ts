@@ -17,6 +17,7 @@ import { REPO_ROOT } from "./server.js";
 const PYTHON = "/usr/bin/python3";
 const KMIP_SERVER = "/usr/bin/pykmip-server";
 const PEER_START_TIMEOUT_MS = 60_000;
+const STOP_TIMEOUT_MS = 10_000;
 
 export interface PeerRunInput {
   readonly peer: Peer;
@@ -79,6 +80,21 @@ async function waitForPort(port: number, child: ChildProcess, logFile: string): 
   throw new Error(`the KMIP server did not listen on ${port} within ${PEER_START_TIMEOUT_MS / 1000} s; see ${logFile}`);
 }
 
+/**
+ * SIGINT is the KMIP server's way to stop (it ignores SIGTERM); what is left
+ * of its group after a few seconds is killed.
+ */
+async function stopKmipServer(kmip: ChildProcess): Promise<void> {
+  const exited = kmip.exitCode !== null || kmip.signalCode !== null ? Promise.resolve() : new Promise((done) => kmip.once("exit", done));
+  kmip.kill("SIGINT");
+  await Promise.race([exited, sleep(STOP_TIMEOUT_MS)]);
+  try {
+    process.kill(-kmip.pid!, "SIGKILL");
+  } catch {
+    // The group is gone already.
+  }
+}
+
 /** Starts the KMIP server, runs drive.py against both servers, and returns its phases. */
 export async function runPeerComparison(input: PeerRunInput): Promise<PeerPhase[]> {
   const { workDir, dataDir, log } = input;
@@ -110,7 +126,9 @@ export async function runPeerComparison(input: PeerRunInput): Promise<PeerPhase[
       database: join(workDir, "kmip.db"),
     }),
   );
-  const kmip = spawn(PYTHON, [KMIP_SERVER, "-f", config, "-l", logFile], { cwd: workDir, stdio: "ignore" });
+  // A process group of its own: the server forks a policy-file monitor,
+  // which outlives it unless the group goes.
+  const kmip = spawn(PYTHON, [KMIP_SERVER, "-f", config, "-l", logFile], { cwd: workDir, stdio: "ignore", detached: true });
   try {
     await waitForPort(port, kmip, logFile);
     log(`KMIP server (PyKMIP): pid ${kmip.pid}, 127.0.0.1:${port}`);
@@ -164,7 +182,6 @@ export async function runPeerComparison(input: PeerRunInput): Promise<PeerPhase[
     if (malformed) throw malformed;
     return phases;
   } finally {
-    kmip.kill("SIGTERM");
-    await Promise.race([new Promise((done) => kmip.once("exit", done)), sleep(5000).then(() => kmip.kill("SIGKILL"))]);
+    await stopKmipServer(kmip);
   }
 }
