@@ -16,6 +16,7 @@ import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "../../src/st
 import { createScratch } from "../helpers/database.js";
 import { devCredentials, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
 import { killServerProcesses, serveKeyward } from "../helpers/keyward-process.js";
+import { pooled } from "../helpers/timed-calls.js";
 
 /**
  * The audit log under faults, read straight from the database with SQL and
@@ -74,21 +75,6 @@ async function attempt(
     const error = ConnectError.from(err);
     return { requestId, code: error.code, message: error.rawMessage, ms: performance.now() - started };
   }
-}
-
-/** Runs `tasks` with at most `concurrency` in flight. */
-async function pooled<T>(tasks: Array<() => Promise<T>>, concurrency: number): Promise<T[]> {
-  const results: T[] = new Array(tasks.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(concurrency, tasks.length) }, async () => {
-      while (next < tasks.length) {
-        const index = next++;
-        results[index] = await tasks[index]!();
-      }
-    }),
-  );
-  return results;
 }
 
 const identityCalls = (c: Clients, prefix: string, count: number) =>

@@ -4,11 +4,11 @@ import http2 from "node:http2";
 import { connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { LIVENESS_PATH, METRICS_PATH, READINESS_PATH } from "../../src/server/metrics.js";
 import { eventually } from "../helpers/expect.js";
 import { devCredentials, type ClientCredentials } from "../helpers/keyward.js";
-import { killServerProcesses, serveKeyward, type ServerProcess, logLines, type LogLine } from "../helpers/keyward-process.js";
+import { cleanupAfterAll, serveKeyward, type ServerProcess, logLines, type LogLine } from "../helpers/keyward-process.js";
 import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-postgres.js";
 
 /**
@@ -24,11 +24,7 @@ import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-p
 
 const WAITING = "listening before the database is reachable";
 
-const cleanups: Array<() => Promise<unknown> | unknown> = [];
-afterAll(async () => {
-  killServerProcesses();
-  for (const step of cleanups.reverse()) await step();
-});
+const cleanups = cleanupAfterAll();
 
 
 /** A private PostgreSQL, stopped, and a data folder: the server starts before its database. */

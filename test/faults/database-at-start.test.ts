@@ -3,14 +3,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { AccessService } from "../../gen/keyward/v1/access_pb.js";
 import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys_pb.js";
 import { expectFailure, eventually } from "../helpers/expect.js";
 import { devCredentials } from "../helpers/keyward.js";
-import { killServerProcesses, serveKeyward, type ServerProcess, logLines } from "../helpers/keyward-process.js";
+import { cleanupAfterAll, serveKeyward, type ServerProcess, logLines } from "../helpers/keyward-process.js";
 import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-postgres.js";
 
 /**
@@ -25,11 +25,7 @@ import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-p
 const WAITING = "listening before the database is reachable";
 const STARTING = "keyward is starting: the database is not reachable yet";
 
-const cleanups: Array<() => Promise<unknown> | unknown> = [];
-afterAll(async () => {
-  killServerProcesses();
-  for (const step of cleanups.reverse()) await step();
-});
+const cleanups = cleanupAfterAll();
 
 const retries = (server: ServerProcess) => logLines(server).filter((l) => l.msg.startsWith("database unreachable; retrying in"));
 

@@ -2,17 +2,13 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, describe, expect, it } from "vitest";
+import { Code, type Client } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
-import { AccessService } from "../../gen/keyward/v1/access_pb.js";
-import { AuditService } from "../../gen/keyward/v1/audit_pb.js";
-import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
-import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys_pb.js";
-import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
-import { devCredentials, type ClientCredentials } from "../helpers/keyward.js";
-import { killServerProcesses, serveKeyward, type ServerProcess } from "../helpers/keyward-process.js";
+import { KeyAlgorithm, KeyPurpose } from "../../gen/keyward/v1/keys_pb.js";
+import { serviceClients, type ServiceClients } from "../helpers/clients.js";
+import { devCredentials } from "../helpers/keyward.js";
+import { cleanupAfterAll, serveKeyward, type ServerProcess } from "../helpers/keyward-process.js";
 import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-postgres.js";
 import { startTcpProxy, type TcpProxy } from "../helpers/tcp-proxy.js";
 import { codeNames, residentKiB, timedCall, type CallOptions, type TimedOutcome } from "../helpers/timed-calls.js";
@@ -51,35 +47,10 @@ const WORKERS = 18;
 /** Pause between one worker's calls: steady load without saturating two cores shared by two servers. */
 const PAUSE_MS = 40;
 
-const cleanups: Array<() => Promise<unknown> | unknown> = [];
-afterAll(async () => {
-  killServerProcesses();
-  for (const step of cleanups.reverse()) await step();
-});
-
-interface Clients {
-  readonly keys: Client<typeof KeysService>;
-  readonly crypto: Client<typeof CryptoService>;
-  readonly secrets: Client<typeof SecretsService>;
-  readonly access: Client<typeof AccessService>;
-  readonly audit: Client<typeof AuditService>;
-  readonly health: Client<typeof Health>;
-}
-
-function clientsFor(url: string, credentials: ClientCredentials): Clients {
-  const transport = createGrpcTransport({ baseUrl: url, nodeOptions: credentials });
-  return {
-    keys: createClient(KeysService, transport),
-    crypto: createClient(CryptoService, transport),
-    secrets: createClient(SecretsService, transport),
-    access: createClient(AccessService, transport),
-    audit: createClient(AuditService, transport),
-    health: createClient(Health, transport),
-  };
-}
+const cleanups = cleanupAfterAll();
 
 /** The calls the load is made of; each worker cycles through them from its own offset. */
-function callKinds(admin: Clients, service: Clients, worker: number, ciphertext: Uint8Array) {
+function callKinds(admin: ServiceClients, service: ServiceClients, worker: number, ciphertext: Uint8Array) {
   const secret = `secrets/faults/prod/s${worker}`;
   const kinds: Array<[string, (o: CallOptions) => Promise<unknown>]> = [
     ["Encrypt", (o) => service.crypto.encrypt({ name: "keys/data", plaintext: Buffer.from(`w${worker}`) }, o)],
@@ -145,9 +116,9 @@ async function runOutage(scenario: Scenario): Promise<Report> {
     KEYWARD_AUDIT_TIMEOUT_MS: String(AUDIT_TIMEOUT_MS),
   });
   const pid = server.child.pid!;
-  const admin = clientsFor(server.url, await devCredentials(dataDir, "admin"));
-  const service = clientsFor(server.url, await devCredentials(dataDir, "service"));
-  const auditor = clientsFor(server.url, await devCredentials(dataDir, "auditor"));
+  const admin = serviceClients(server.url, await devCredentials(dataDir, "admin"));
+  const service = serviceClients(server.url, await devCredentials(dataDir, "service"));
+  const auditor = serviceClients(server.url, await devCredentials(dataDir, "auditor"));
 
   const aes = { purpose: KeyPurpose.ENCRYPT_DECRYPT, algorithm: KeyAlgorithm.AES_256_GCM };
   await admin.keys.createKey({ keyId: "data", key: aes });

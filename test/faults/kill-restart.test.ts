@@ -2,17 +2,13 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, describe, expect, it } from "vitest";
-import { AuditService } from "../../gen/keyward/v1/audit_pb.js";
-import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
-import { KeyAlgorithm, KeyPurpose, KeysService } from "../../gen/keyward/v1/keys_pb.js";
-import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
+import { describe, expect, it } from "vitest";
+import { KeyAlgorithm, KeyPurpose } from "../../gen/keyward/v1/keys_pb.js";
+import { serviceClients, type ServiceClients } from "../helpers/clients.js";
 import { devCredentials } from "../helpers/keyward.js";
-import { killServerProcesses, serveKeyward, type ServerProcess } from "../helpers/keyward-process.js";
+import { cleanupAfterAll, serveKeyward, type ServerProcess } from "../helpers/keyward-process.js";
 import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-postgres.js";
-import { codeNames, timedCall, type TimedOutcome } from "../helpers/timed-calls.js";
+import { codeNames, pooled, timedCall, type TimedOutcome } from "../helpers/timed-calls.js";
 
 /**
  * kill -9 of `keyward serve` under mixed load (RotateKey, AddSecretVersion,
@@ -47,28 +43,7 @@ const SECRETS = 8;
 const DEADLINE_MS = 10_000;
 const KEY = "keys/data";
 
-const cleanups: Array<() => Promise<unknown> | unknown> = [];
-afterAll(async () => {
-  killServerProcesses();
-  for (const step of cleanups.reverse()) await step();
-});
-
-interface Clients {
-  readonly keys: Client<typeof KeysService>;
-  readonly crypto: Client<typeof CryptoService>;
-  readonly secrets: Client<typeof SecretsService>;
-  readonly audit: Client<typeof AuditService>;
-}
-
-async function clientsFor(url: string, dataDir: string, name: string): Promise<Clients> {
-  const transport = createGrpcTransport({ baseUrl: url, nodeOptions: await devCredentials(dataDir, name) });
-  return {
-    keys: createClient(KeysService, transport),
-    crypto: createClient(CryptoService, transport),
-    secrets: createClient(SecretsService, transport),
-    audit: createClient(AuditService, transport),
-  };
-}
+const cleanups = cleanupAfterAll();
 
 /** What an acknowledged (OK) call promised. */
 type Acknowledged =
@@ -78,23 +53,8 @@ type Acknowledged =
 
 const secretName = (i: number) => `secrets/faults/prod/s${i}`;
 
-/** Runs `tasks` with at most `concurrency` in flight; resolves with their results in order. */
-async function pooled<T>(tasks: Array<() => Promise<T>>, concurrency: number): Promise<T[]> {
-  const results: T[] = new Array(tasks.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(concurrency, tasks.length) }, async () => {
-      while (next < tasks.length) {
-        const index = next++;
-        results[index] = await tasks[index]!();
-      }
-    }),
-  );
-  return results;
-}
-
 /** Calls until the server dies, adding what is acknowledged to `acknowledged`; returns every outcome. */
-async function load(admin: Clients, service: Clients, round: number, killed: () => boolean, acknowledged: Acknowledged[]) {
+async function load(admin: ServiceClients, service: ServiceClients, round: number, killed: () => boolean, acknowledged: Acknowledged[]) {
   const outcomes: TimedOutcome[] = [];
   await Promise.all(
     Array.from({ length: WORKERS }, async (_, w) => {
@@ -138,7 +98,7 @@ async function load(admin: Clients, service: Clients, round: number, killed: () 
 }
 
 /** Acknowledged values that do not read back through the running server; [] when every one does. */
-async function unreadable(service: Clients, acknowledged: readonly Acknowledged[]): Promise<string[]> {
+async function unreadable(service: ServiceClients, acknowledged: readonly Acknowledged[]): Promise<string[]> {
   const problems: string[] = [];
   const checks = acknowledged.map((ack) => async () => {
     if (ack.kind === "AddSecretVersion") {
@@ -247,9 +207,9 @@ describe("kill -9 under load", () => {
         figures.coldRestarts++;
         figures.coldRestartMs.push(Math.round(performance.now() - restartStarted));
       }
-      const admin = await clientsFor(server.url, dataDir, "admin");
-      const service = await clientsFor(server.url, dataDir, "service");
-      const auditor = await clientsFor(server.url, dataDir, "auditor");
+      const admin = serviceClients(server.url, await devCredentials(dataDir, "admin"));
+      const service = serviceClients(server.url, await devCredentials(dataDir, "service"));
+      const auditor = serviceClients(server.url, await devCredentials(dataDir, "auditor"));
       if (round === 0) {
         await admin.keys.createKey({ keyId: "data", key: { purpose: KeyPurpose.ENCRYPT_DECRYPT, algorithm: KeyAlgorithm.AES_256_GCM } });
         for (let i = 0; i < SECRETS; i++) {

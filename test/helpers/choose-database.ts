@@ -1,8 +1,5 @@
-import { chmod, mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import pg from "pg";
-import { startEmbeddedPostgres } from "../../src/storage/pg/embedded.js";
+import { startPrivatePostgres } from "./private-postgres.js";
 
 /** Probed when no URL is configured; KEYWARD_TEST_PROBE_URL overrides it (e.g. a closed port, to test the fallback). */
 const DEFAULT_PROBE_URL = "postgres://postgres@127.0.0.1:5432/test";
@@ -31,24 +28,8 @@ export async function chooseDatabase(configured: string | undefined): Promise<Ch
   if (await answers(probeUrl)) {
     return { url: probeUrl, kind: "local", release: async () => {} };
   }
-  const root = await mkdtemp(join(tmpdir(), "keyward-test-pg-"));
-  // mkdtemp makes the folder 0700; when running as root the cluster belongs
-  // to the postgres system user, which must be able to enter it.
-  await chmod(root, 0o755);
-  try {
-    const server = await startEmbeddedPostgres({ dataDir: join(root, "data"), log: () => {} });
-    return {
-      url: server.connectionString,
-      kind: "embedded",
-      release: async () => {
-        await server.stop();
-        await rm(root, { recursive: true, force: true });
-      },
-    };
-  } catch (error) {
-    await rm(root, { recursive: true, force: true });
-    throw error;
-  }
+  const db = await startPrivatePostgres("keyward-test-pg-");
+  return { url: db.connectionString, kind: "embedded", release: () => db.destroy() };
 }
 
 /** Where a URL points, without anything else from it: the raw string may hold a password. */

@@ -10,6 +10,12 @@ import {
 } from "@bufbuild/protobuf";
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import { AccessService } from "../../gen/keyward/v1/access_pb.js";
+import { AuditService } from "../../gen/keyward/v1/audit_pb.js";
+import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
+import { KeysService } from "../../gen/keyward/v1/keys_pb.js";
+import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
 import type { ClientCredentials } from "./keyward.js";
 
 /** A connect-node client over the given protocol, with mTLS. */
@@ -37,6 +43,21 @@ export function connectClient<S extends DescService>(
   }
   return createClient(service, transport);
 }
+
+/** A client of every service Keyward serves, sharing one gRPC connection with mTLS. */
+export function serviceClients(url: string, credentials: ClientCredentials) {
+  const transport = createGrpcTransport({ baseUrl: url, nodeOptions: credentials });
+  return {
+    keys: createClient(KeysService, transport),
+    crypto: createClient(CryptoService, transport),
+    secrets: createClient(SecretsService, transport),
+    access: createClient(AccessService, transport),
+    audit: createClient(AuditService, transport),
+    health: createClient(Health, transport),
+  };
+}
+
+export type ServiceClients = ReturnType<typeof serviceClients>;
 
 type UnaryStubs<S extends DescService> = {
   [K in keyof S["method"]]: S["method"][K] extends { input: infer I extends DescMessage; output: infer O extends DescMessage }

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { afterAll } from "vitest";
 
 /** The repository root: the CLI runs from there, as `npm run keyward` would. */
 export const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -115,4 +116,18 @@ export function killServerProcesses(): void {
   for (const child of running) {
     child.kill("SIGKILL");
   }
+}
+
+/**
+ * Steps to run once a file's tests are done (push onto the returned list):
+ * every server process serveKeyward started is killed first, then the
+ * steps run, the last added first.
+ */
+export function cleanupAfterAll(): Array<() => Promise<unknown> | unknown> {
+  const steps: Array<() => Promise<unknown> | unknown> = [];
+  afterAll(async () => {
+    killServerProcesses();
+    for (const step of steps.reverse()) await step();
+  });
+  return steps;
 }

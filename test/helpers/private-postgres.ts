@@ -26,13 +26,22 @@ export interface PrivatePostgres {
   destroy(): Promise<void>;
 }
 
-/** Initialises and starts a cluster in a fresh temporary folder. */
-export async function startPrivatePostgres(): Promise<PrivatePostgres> {
-  const root = await mkdtemp(join(tmpdir(), "keyward-faults-pg-"));
+/**
+ * Initialises and starts a cluster in a fresh temporary folder named
+ * `<folderPrefix>XXXXXX`; the folder is removed again if it does not start.
+ */
+export async function startPrivatePostgres(folderPrefix = "keyward-faults-pg-"): Promise<PrivatePostgres> {
+  const root = await mkdtemp(join(tmpdir(), folderPrefix));
   // Running as root, the cluster belongs to the postgres user, which must enter the folder.
   await chmod(root, 0o755);
   const dataDir = join(root, "data");
-  let handle: EmbeddedPostgresHandle | undefined = await startEmbeddedPostgres({ dataDir, log: () => {} });
+  let handle: EmbeddedPostgresHandle | undefined;
+  try {
+    handle = await startEmbeddedPostgres({ dataDir, log: () => {} });
+  } catch (error) {
+    await rm(root, { recursive: true, force: true });
+    throw error;
+  }
   const connectionString = handle.connectionString;
   const port = Number(new URL(connectionString).port);
   let destroying: Promise<void> | undefined;

@@ -1,9 +1,7 @@
 /** The bench's PostgreSQL: the one given, else an embedded one of its own. */
-import { chmod, mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname } from "node:path";
 import pg from "pg";
-import { startEmbeddedPostgres } from "../../../src/storage/pg/embedded.js";
+import { startPrivatePostgres } from "../../helpers/private-postgres.js";
 
 export interface BenchDatabase {
   /** May hold a password: never print it. */
@@ -24,23 +22,12 @@ export async function openBenchDatabase(): Promise<BenchDatabase> {
   if (given) {
     return { url: given, description: `given: ${where(given)}`, release: async () => {} };
   }
-  const root = await mkdtemp(join(tmpdir(), "keyward-bench-pg-"));
-  // mkdtemp makes the folder 0700; as root the cluster belongs to the postgres user, which must enter it.
-  await chmod(root, 0o755);
-  try {
-    const server = await startEmbeddedPostgres({ dataDir: join(root, "data"), log: () => {} });
-    return {
-      url: server.connectionString,
-      description: `embedded: ${where(server.connectionString)}, in ${root}`,
-      release: async () => {
-        await server.stop();
-        await rm(root, { recursive: true, force: true });
-      },
-    };
-  } catch (error) {
-    await rm(root, { recursive: true, force: true });
-    throw error;
-  }
+  const db = await startPrivatePostgres("keyward-bench-pg-");
+  return {
+    url: db.connectionString,
+    description: `embedded: ${where(db.connectionString)}, in ${dirname(db.dataDir)}`,
+    release: () => db.destroy(),
+  };
 }
 
 function where(url: string): string {
