@@ -12,6 +12,7 @@ import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
 import { loadDevCertificateAuthority } from "../../src/dev/pki.js";
 import { policyFileEnv, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
 import { policyText } from "../helpers/policy.js";
+import { valueForms } from "../helpers/value-forms.js";
 
 /**
  * What the audit log says about calls, read straight from audit_events with
@@ -135,25 +136,9 @@ afterAll(async () => {
 });
 
 describe("the audit log holds no values", () => {
-  /** Every form a value could be stored or logged in. */
-  function forms(value: Buffer): string[] {
-    const out = new Set<string>([value.toString("hex"), value.toString("hex").toUpperCase(), value.toString("base64url")]);
-    if (/^[\x20-\x7e]+$/.test(value.toString("latin1"))) {
-      out.add(value.toString("latin1"));
-    }
-    // base64 of the value at each alignment inside a longer buffer: keep the
-    // characters that depend on the value's bytes only.
-    for (const shift of [0, 1, 2]) {
-      const encoded = Buffer.concat([Buffer.alloc(shift), value, Buffer.alloc(3)]).toString("base64");
-      const start = shift === 0 ? 0 : 4;
-      const end = Math.floor((shift + value.length) / 3) * 4;
-      out.add(encoded.slice(start, end));
-    }
-    return [...out].filter((form) => form.length >= 16);
-  }
   const leaks = (haystack: string, markers: Record<string, Buffer>) =>
     Object.entries(markers).flatMap(([name, value]) =>
-      forms(value)
+      valueForms(value)
         .filter((form) => haystack.includes(form))
         .map((form) => `${name} as ${JSON.stringify(form)}`),
     );

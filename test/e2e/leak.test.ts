@@ -12,6 +12,7 @@ import { crc32c } from "../../src/crypto/crc32c.js";
 import { createPool } from "../../src/storage/pg/pool.js";
 import { connectClient } from "../helpers/clients.js";
 import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
+import { valueForms } from "../helpers/value-forms.js";
 
 /**
  * The leak scan. Random markers are sent as plaintext, secret values and
@@ -35,25 +36,6 @@ import { startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
  * appear in a log line or an error either.
  */
 
-/** Every form a value could be logged, stored or sent in, at least 16 characters long. */
-function forms(value: Buffer): string[] {
-  const out = new Set<string>([value.toString("hex"), value.toString("hex").toUpperCase()]);
-  if (/^[\x20-\x7e]+$/.test(value.toString("latin1"))) {
-    out.add(value.toString("latin1"));
-  }
-  // base64 of the value at each alignment inside a longer buffer: keep the
-  // characters that depend on the value's bytes only.
-  for (const shift of [0, 1, 2]) {
-    const encoded = Buffer.concat([Buffer.alloc(shift), value, Buffer.alloc(3)]).toString("base64");
-    const start = shift === 0 ? 0 : 4;
-    const end = Math.floor((shift + value.length) / 3) * 4;
-    const inner = encoded.slice(start, end);
-    out.add(inner);
-    out.add(inner.replace(/\+/g, "-").replace(/\//g, "_"));
-  }
-  return [...out].filter((form) => form.length >= 16);
-}
-
 describe("the leak scan: no marker in logs, errors, audit events, metrics or any database column", () => {
   const rootKey = randomBytes(32).toString("base64");
   const password = `pw-${randomBytes(12).toString("hex")}`;
@@ -73,7 +55,7 @@ describe("the leak scan: no marker in logs, errors, audit events, metrics or any
 
   const leaks = (haystack: string | Buffer) =>
     Object.entries(markers).flatMap(([name, value]) => {
-      const found = forms(value)
+      const found = valueForms(value)
         .filter((form) => haystack.includes(form))
         .map((form) => `${name} as ${JSON.stringify(form)}`);
       // Raw bytes in a byte string (a bytea column).
