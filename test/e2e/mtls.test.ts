@@ -315,7 +315,13 @@ describe("server certificate rotation", () => {
         await writeFile(join(tlsDir, `${file}.new`), pem);
         await rename(join(tlsDir, `${file}.new`), join(tlsDir, file));
       }
-      const fresh = await eventually(presented, (p) => p.serial === renewed.serialNumber, 8_000, "the renewed certificate on a new connection");
+      const fresh = await eventually(presented, (p) => p.serial === renewed.serialNumber, 8_000, "the renewed certificate on a new connection").catch(
+        (err: Error) => {
+          // What the server made of the renewal, for a failure that cannot be rerun at will.
+          const reloads = keyward.logs.filter((line) => line.includes('"TLS '));
+          throw new Error(`${err.message}; the server's TLS log lines: ${reloads.join(" | ") || "none"}`);
+        },
+      );
       expect(fresh.fingerprint).not.toBe(old.fingerprint);
       expect(keyward.logs.some((line) => line.includes('"TLS material reloaded"'))).toBe(true);
 
