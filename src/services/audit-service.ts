@@ -202,8 +202,8 @@ function signedClaims(stored: readonly Checkpoint[], signer: CheckpointSigner): 
 
 function toFilter(request: ListAuditEventsRequest): AuditFilter {
   return {
-    ...(request.startTime ? { startTime: timestampToCeilDate(request.startTime) } : {}),
-    ...(request.endTime ? { endTime: timestampToCeilDate(request.endTime) } : {}),
+    ...(request.startTime ? { startTime: timestampToCeilDate(request.startTime, "start_time") } : {}),
+    ...(request.endTime ? { endTime: timestampToCeilDate(request.endTime, "end_time") } : {}),
     ...(request.identity !== "" ? { identity: request.identity } : {}),
     ...(request.method !== "" ? { method: request.method } : {}),
     ...(request.resource !== "" ? { resource: request.resource } : {}),

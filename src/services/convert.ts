@@ -12,6 +12,7 @@ import { checkpointPayload, type Checkpoint } from "../domain/audit/checkpoint.j
 import type { AuditEvent } from "../domain/audit/event.js";
 import type { CheckpointSigner } from "../domain/audit/signer.js";
 import type { Role } from "../domain/authz/roles.js";
+import { DomainError } from "../domain/errors.js";
 
 /** Domain role → proto enum. */
 export const toProtoRole: Readonly<Record<Role, ProtoRole>> = {
@@ -62,6 +63,11 @@ export function toProtoAuditCheckpoint(
  * milliseconds, so for both an inclusive lower bound and an exclusive upper
  * bound rounding up keeps exactly the events the caller asked for.
  */
-export function timestampToCeilDate(timestamp: Timestamp): Date {
+export function timestampToCeilDate(timestamp: Timestamp, field: string): Date {
+  // The proto's rules bound the seconds; nanos outside 0..999,999,999 make an
+  // invalid Timestamp that protovalidate lets through.
+  if (!Number.isInteger(timestamp.nanos) || timestamp.nanos < 0 || timestamp.nanos > 999_999_999) {
+    throw new DomainError("invalid-argument", `${field}: nanos must be within 0..999999999`);
+  }
   return new Date(Number(timestamp.seconds) * 1000 + Math.ceil(timestamp.nanos / 1_000_000));
 }

@@ -251,6 +251,33 @@ describe("AuditService over mTLS", () => {
     expect(await codeOf(c.audit.listAuditEvents({ startTime: timestampFromDate(new Date()), endTime: timestampFromDate(since) }))).toBe(
       Code.InvalidArgument,
     );
+    // Timestamps outside what a google.protobuf.Timestamp may hold (beyond any
+    // Date or SQL timestamp) are the caller's mistake, named as such.
+    const refusal = async (call: Promise<unknown>) =>
+      call.then(
+        () => "OK",
+        (err: unknown) => `${Code[ConnectError.from(err).code]}: ${ConnectError.from(err).rawMessage}`,
+      );
+    expect(await refusal(c.audit.listAuditEvents({ startTime: { seconds: 9_223_372_036_854_775_807n, nanos: 0 } }))).toBe(
+      "InvalidArgument: start_time: must be greater than or equal to 0001-01-01T00:00:00Z and less than or equal to 9999-12-31T23:59:59.999999999Z [timestamp.gte_lte]",
+    );
+    expect(await refusal(c.audit.listAuditEvents({ endTime: { seconds: -62_135_596_801n, nanos: 0 } }))).toMatch(/^InvalidArgument: end_time: must be greater/);
+    expect(await refusal(c.audit.listAuditEvents({ endTime: { seconds: 0n, nanos: -1 } }))).toBe(
+      "InvalidArgument: end_time: nanos must be within 0..999999999",
+    );
+    expect(await refusal(c.audit.listAuditEvents({ startTime: { seconds: 0n, nanos: 1_000_000_000 } }))).toBe(
+      "InvalidArgument: start_time: nanos must be within 0..999999999",
+    );
+    // The extremes themselves are valid bounds.
+    expect(
+      await refusal(
+        c.audit.listAuditEvents({
+          startTime: { seconds: -62_135_596_800n, nanos: 0 },
+          endTime: { seconds: 253_402_300_799n, nanos: 999_999_999 },
+          pageSize: 1,
+        }),
+      ),
+    ).toBe("OK");
   });
 
   it("tails: replays from start_sequence, then follows new events in order", async () => {
