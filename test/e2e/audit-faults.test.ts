@@ -1,9 +1,7 @@
-import { randomUUID } from "node:crypto";
-import { chmod, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
 import { afterAll, afterEach, describe, expect, inject, it } from "vitest";
@@ -12,11 +10,11 @@ import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { createChainVerifier, GENESIS_HASH } from "../../src/domain/audit/chain.js";
 import type { AuditEvent } from "../../src/domain/audit/event.js";
 import { AUDIT_EVENT_COLUMNS, auditEventFromRow, type AuditEventRow } from "../../src/storage/pg/audit-repository.js";
-import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "../../src/storage/pg/embedded.js";
 import { createScratch } from "../helpers/database.js";
 import { devCredentials, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
 import { killServerProcesses, serveKeyward } from "../helpers/keyward-process.js";
-import { pooled } from "../helpers/timed-calls.js";
+import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-postgres.js";
+import { codeNames, pooled, timedCall, type CallOptions, type TimedOutcome } from "../helpers/timed-calls.js";
 
 /**
  * The audit log under faults, read straight from the database with SQL and
@@ -54,35 +52,11 @@ function clients(url: string, credentials: ClientCredentials): Clients {
   return { access: createClient(AccessService, transport), crypto: createClient(CryptoService, transport) };
 }
 
-interface Outcome {
-  readonly requestId: string;
-  readonly code: number;
-  readonly message: string;
-  readonly ms: number;
-}
-
-/** Runs `call` with `x-request-id: requestId` and a deadline; never rejects. */
-async function attempt(
-  requestId: string,
-  call: (options: { headers: Record<string, string>; timeoutMs: number }) => Promise<unknown>,
-  timeoutMs = 10_000,
-): Promise<Outcome> {
-  const started = performance.now();
-  try {
-    await call({ headers: { "x-request-id": requestId }, timeoutMs });
-    return { requestId, code: 0, message: "", ms: performance.now() - started };
-  } catch (err) {
-    const error = ConnectError.from(err);
-    return { requestId, code: error.code, message: error.rawMessage, ms: performance.now() - started };
-  }
-}
+/** How long a call took, as the client saw it. */
+const elapsedMs = (o: TimedOutcome) => o.endedAt - o.startedAt;
 
 const identityCalls = (c: Clients, prefix: string, count: number) =>
-  Array.from({ length: count }, (_, i) => () => attempt(`${prefix}-${i}-${randomUUID()}`, (o) => c.access.getCallerIdentity({}, o)));
-
-/** Summary of codes, for readable failures: `{ "0": 20, "14": 3 }`. */
-const codeCounts = (outcomes: readonly Outcome[]) =>
-  outcomes.reduce<Record<string, number>>((counts, o) => ({ ...counts, [o.code]: (counts[o.code] ?? 0) + 1 }), {});
+  Array.from({ length: count }, (_, i) => () => timedCall(`${prefix}-${i}`, (o) => c.access.getCallerIdentity({}, o), 10_000));
 
 // ---------------------------------------------------------------------------
 // The audit log, read with SQL
@@ -161,15 +135,15 @@ describe("three server processes on one database", () => {
       readonly identity: string;
     }
     const expected = new Map<string, Expected>();
-    const tasks: Array<() => Promise<Outcome>> = [];
+    const tasks: Array<() => Promise<TimedOutcome>> = [];
     servers.forEach((server, n) => {
       const asService = clients(server.url, service);
       const asAdmin = clients(server.url, admin);
-      const add = (kind: string, count: number, want: Expected, call: Parameters<typeof attempt>[1]) => {
+      const add = (kind: string, count: number, want: Expected, call: (options: CallOptions) => Promise<unknown>) => {
         for (let i = 0; i < count; i++) {
-          const requestId = `s${n}-${kind}-${i}-${randomUUID()}`;
-          expected.set(requestId, want);
-          tasks.push(() => attempt(requestId, call));
+          const label = `s${n}-${kind}-${i}`;
+          expected.set(label, want);
+          tasks.push(() => timedCall(label, call, 10_000));
         }
       };
       add("ok", 300, { code: 0, method: GET_CALLER_IDENTITY, identity: SERVICE_ID }, (o) => asService.access.getCallerIdentity({}, o));
@@ -189,8 +163,9 @@ describe("three server processes on one database", () => {
     const outcomes = await pooled(shuffled, 150);
     const elapsed = performance.now() - started;
 
-    const wrong = outcomes.filter((o) => o.code !== expected.get(o.requestId)!.code);
-    expect(wrong.slice(0, 5), `codes ${JSON.stringify(codeCounts(outcomes))} in ${Math.round(elapsed)} ms`).toEqual([]);
+    const wrong = outcomes.filter((o) => o.code !== expected.get(o.kind)!.code);
+    const expectedOf = new Map(outcomes.map((o) => [o.requestId, expected.get(o.kind)!]));
+    expect(wrong.slice(0, 5), `codes ${JSON.stringify(codeNames(outcomes))} in ${Math.round(elapsed)} ms`).toEqual([]);
     for (const server of servers) {
       expect(server.child.exitCode).toBeNull();
     }
@@ -200,10 +175,10 @@ describe("three server processes on one database", () => {
     // Sequences 1..N, each once (the verifier already refuses gaps and repeats).
     expect(chain.events.map((e) => e.sequence)).toEqual(Array.from({ length: chain.events.length }, (_, i) => BigInt(i + 1)));
     expect(chain.events.length).toBeGreaterThanOrEqual(outcomes.length);
-    expect(notExactlyOnce(chain, [...expected.keys()])).toEqual([]);
+    expect(notExactlyOnce(chain, [...expectedOf.keys()])).toEqual([]);
     // Each event says what its call did.
     for (const event of chain.events) {
-      const want = expected.get(event.requestId);
+      const want = expectedOf.get(event.requestId);
       if (want) {
         expect({ code: event.resultCode, method: event.method, identity: event.identity }).toEqual(want);
       }
@@ -219,14 +194,6 @@ describe("three server processes on one database", () => {
 });
 
 // ---------------------------------------------------------------------------
-
-/** A private PostgreSQL this test may stop, freeze and restart. */
-interface PrivatePostgres {
-  readonly dataDir: string;
-  readonly port: number;
-  handle: EmbeddedPostgresHandle;
-  frozen: number[];
-}
 
 async function readPid(dataDir: string): Promise<number> {
   return Number.parseInt((await readFile(join(dataDir, "postmaster.pid"), "utf8")).split("\n")[0]!, 10);
@@ -245,16 +212,17 @@ async function postgresProcesses(dataDir: string): Promise<number[]> {
   return pids;
 }
 
-async function freeze(db: PrivatePostgres): Promise<void> {
+/** Stops (SIGSTOP) every process of `db`, recording them in `frozen` for {@link thaw}. */
+async function freeze(db: PrivatePostgres, frozen: number[]): Promise<void> {
   // The postmaster first, so that it starts nothing new meanwhile.
   for (const pid of await postgresProcesses(db.dataDir)) {
     process.kill(pid, "SIGSTOP");
-    db.frozen.push(pid);
+    frozen.push(pid);
   }
 }
 
-function thaw(db: PrivatePostgres): void {
-  for (const pid of db.frozen.splice(0).reverse()) {
+function thaw(frozen: number[]): void {
+  for (const pid of frozen.splice(0).reverse()) {
     try {
       process.kill(pid, "SIGCONT");
     } catch {
@@ -266,25 +234,19 @@ function thaw(db: PrivatePostgres): void {
 describe("fail-closed when the database is unavailable", () => {
   const TIMEOUT_MS = 500;
   const QUEUE_MAX = 32;
-  let root: string | undefined;
   let db: PrivatePostgres | undefined;
+  const frozen: number[] = [];
   let keyward: TestKeyward | undefined;
 
   afterEach(async () => {
-    if (db) thaw(db);
+    thaw(frozen);
     await keyward?.close();
-    await db?.handle.stop();
-    if (root) await rm(root, { recursive: true, force: true });
+    await db?.destroy();
   });
 
   it("calls fail UNAVAILABLE within their deadline while it is stopped or frozen, the queue is bounded, and the same server recovers", async () => {
-    root = await mkdtemp(join(tmpdir(), "keyward-audit-pg-"));
-    // Running as root, the cluster belongs to the postgres user, which must enter the folder.
-    await chmod(root, 0o755);
-    const dataDir = join(root, "data");
-    const handle = await startEmbeddedPostgres({ dataDir, log: () => {} });
-    db = { dataDir, port: Number(new URL(handle.connectionString).port), handle, frozen: [] };
-    const connectionString = handle.connectionString;
+    db = await startPrivatePostgres("keyward-audit-pg-");
+    const connectionString = db.connectionString;
     keyward = await startTestKeyward({
       DATABASE_URL: connectionString,
       KEYWARD_AUDIT_TIMEOUT_MS: String(TIMEOUT_MS),
@@ -305,26 +267,26 @@ describe("fail-closed when the database is unavailable", () => {
 
     const expectAllOk = async (label: string, count: number, concurrency: number) => {
       const outcomes = await pooled(identityCalls(c, label, count), concurrency);
-      expect(codeCounts(outcomes), label).toEqual({ 0: count });
+      expect(codeNames(outcomes), label).toEqual({ OK: count });
       okIds.push(...outcomes.map((o) => o.requestId));
     };
     /** Calls keep failing fast for `ms`; the server keeps answering. */
     const expectUnavailableFor = async (label: string, ms: number) => {
       const until = performance.now() + ms;
-      const outcomes: Outcome[] = [];
+      const outcomes: TimedOutcome[] = [];
       for (let round = 0; performance.now() < until; round++) {
         outcomes.push(...(await pooled(identityCalls(c, `${label}-${round}`, 8), 8)));
       }
       expect(outcomes.length).toBeGreaterThanOrEqual(8);
-      expect(codeCounts(outcomes), label).toEqual({ [Code.Unavailable]: outcomes.length });
+      expect(codeNames(outcomes), label).toEqual({ Unavailable: outcomes.length });
       expect(Math.max(...outcomes.map((o) => serverMs(o.requestId))), `${label}: slowest call, server side`).toBeLessThan(bound);
-      expect(Math.max(...outcomes.map((o) => o.ms)), `${label}: slowest call, client side`).toBeLessThan(2 * bound);
+      expect(Math.max(...outcomes.map(elapsedMs)), `${label}: slowest call, client side`).toBeLessThan(2 * bound);
       return outcomes;
     };
     /** After the database returns: calls succeed again within 10 s, without restarting the server. */
     const expectRecovery = async (label: string) => {
       const deadline = performance.now() + 10_000;
-      let last: Outcome | undefined;
+      let last: TimedOutcome | undefined;
       while (performance.now() < deadline) {
         last = await identityCalls(c, `${label}-probe`, 1)[0]!();
         if (last.code === 0) break;
@@ -339,22 +301,22 @@ describe("fail-closed when the database is unavailable", () => {
     await expectAllOk("healthy", 40, 8);
 
     // 1. PostgreSQL stopped: connections are refused.
-    await db.handle.stop();
+    await db.stop();
     const whileStopped = await expectUnavailableFor("stopped", 2_000);
     expect(whileStopped.every((o) => /audit log unavailable/.test(o.message))).toBe(true);
-    db.handle = await startEmbeddedPostgres({ dataDir, port: db.port, log: () => {} });
+    await db.start();
     await expectRecovery("restarted");
 
     // 2. PostgreSQL frozen (SIGSTOP): connections hang, queries never answer.
     // Longer than the audit pool's query timeout (timeout + 1 s), so that
     // both a stuck batch and new connection attempts are exercised.
-    await freeze(db);
+    await freeze(db, frozen);
     await expectUnavailableFor("frozen", 3_000);
 
     // 3. Still frozen, a burst: at most QUEUE_MAX calls wait (then time out),
     // the rest are refused at once.
     const burst = await Promise.all(identityCalls(c, "burst", 300).map((call) => call()));
-    expect(codeCounts(burst)).toEqual({ [Code.Unavailable]: 300 });
+    expect(codeNames(burst)).toEqual({ Unavailable: 300 });
     const refused = burst.filter((o) => /too many events waiting/.test(o.message));
     const waited = burst.filter((o) => !/too many events waiting/.test(o.message));
     expect(refused.length).toBeGreaterThanOrEqual(300 - QUEUE_MAX);
@@ -370,9 +332,9 @@ describe("fail-closed when the database is unavailable", () => {
     // As the client saw it: no call hangs. Its clock also counts this test
     // process waiting for a core behind the rest of the suite, so the precise
     // bound is the server's, just above.
-    expect(Math.max(...burst.map((o) => o.ms))).toBeLessThan(4 * bound);
+    expect(Math.max(...burst.map(elapsedMs))).toBeLessThan(4 * bound);
 
-    thaw(db);
+    thaw(frozen);
     await expectRecovery("thawed");
 
     // The server never stopped serving, and nothing answered OK unaudited.
@@ -410,7 +372,7 @@ describe("kill -9 under load", () => {
     let killedAt = 0;
     const workers = Array.from({ length: 48 }, async (_, w) => {
       for (let i = 0; killedAt === 0 || performance.now() - killedAt < 200; i++) {
-        const outcome = await attempt(`crash-${w}-${i}-${randomUUID()}`, (o) => c.access.getCallerIdentity({}, o), 5_000);
+        const outcome = await timedCall(`crash-${w}-${i}`, (o) => c.access.getCallerIdentity({}, o), 5_000);
         if (outcome.code === 0) {
           // Also after killedAt: an answer the server sent just before it
           // died may be read by this process a little later.
@@ -448,7 +410,7 @@ describe("kill -9 under load", () => {
     const again = await serveKeyward(env);
     const c2 = clients(again.url, await devCredentials(dataDir, "service"));
     const outcomes = await pooled(identityCalls(c2, "after-restart", 50), 10);
-    expect(codeCounts(outcomes)).toEqual({ 0: 50 });
+    expect(codeNames(outcomes)).toEqual({ OK: 50 });
 
     const after = await readChain(databaseUrl, schema);
     expect(after.broken).toBe("");
