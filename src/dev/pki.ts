@@ -63,18 +63,20 @@ export async function createCertificateAuthority(options: { commonName: string; 
 }
 
 /**
- * Issues a leaf certificate signed by `ca`.
+ * Issues a leaf certificate signed by `ca`, its subject `CN=<commonName>` or
+ * the distinguished name `subject`.
  *
  * - `usage: "server"` adds serverAuth and the given DNS names and IP addresses;
  * - `usage: "client"` adds clientAuth and, when given, the SPIFFE ID as a URI SAN.
  *
  * `notBefore`/`notAfter` default to a minute ago and `days` (default 825) from now;
- * tests pass past dates to make expired certificates.
+ * tests pass past dates to make expired certificates. `extendedKeyUsages`
+ * replaces the usage's own (OIDs; null: no extension at all), for tests of
+ * certificates the dev PKI would never issue.
  */
 export async function issueCertificate(
   ca: CertificateAuthority,
-  options: {
-    commonName: string;
+  options: ({ commonName: string } | { subject: string }) & {
     usage: "server" | "client";
     spiffeId?: string;
     dnsNames?: readonly string[];
@@ -82,6 +84,7 @@ export async function issueCertificate(
     days?: number;
     notBefore?: Date;
     notAfter?: Date;
+    extendedKeyUsages?: readonly string[] | null;
   },
 ): Promise<IssuedCertificate & { serialNumber: string }> {
   const keys = await webcrypto.subtle.generateKey(EC_P256, true, ["sign", "verify"]);
@@ -92,9 +95,13 @@ export async function issueCertificate(
     ...(options.spiffeId ? [{ type: "url" as const, value: options.spiffeId }] : []),
   ];
   const serial = serialNumber();
+  const usages =
+    options.extendedKeyUsages !== undefined
+      ? options.extendedKeyUsages
+      : [options.usage === "server" ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth];
   const certificate = await x509.X509CertificateGenerator.create({
     serialNumber: serial,
-    subject: `CN=${options.commonName}`,
+    subject: "subject" in options ? options.subject : `CN=${options.commonName}`,
     issuer: ca.certificate.subject,
     notBefore: options.notBefore ?? new Date(now - 60_000),
     notAfter: options.notAfter ?? new Date(now + (options.days ?? 825) * DAY_MS),
@@ -104,10 +111,7 @@ export async function issueCertificate(
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension(
-        [options.usage === "server" ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth],
-        false,
-      ),
+      ...(usages === null ? [] : [new x509.ExtendedKeyUsageExtension([...usages], false)]),
       ...(names.length > 0 ? [new x509.SubjectAlternativeNameExtension(names, false)] : []),
       await x509.AuthorityKeyIdentifierExtension.create(ca.certificate, false),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),

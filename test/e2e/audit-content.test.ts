@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID, webcrypto } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { AccessService } from "../../gen/keyward/v1/access_pb.js";
 import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
 import { SecretsService } from "../../gen/keyward/v1/secrets_pb.js";
-import { loadDevCertificateAuthority } from "../../src/dev/pki.js";
+import { issueCertificate, loadDevCertificateAuthority } from "../../src/dev/pki.js";
 import { policyFileEnv, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
 import { policyText } from "../helpers/policy.js";
 import { valueForms } from "../helpers/value-forms.js";
@@ -87,34 +87,14 @@ async function eventsFor(requestId: string): Promise<EventRow[]> {
 
 /** A client certificate from the dev CA naming nobody: neither a SAN nor a subject CN. */
 async function anonymousCredentials(): Promise<ClientCredentials> {
-  x509.cryptoProvider.set(webcrypto as never);
-  const ca = await loadDevCertificateAuthority(keyward.pki.dir);
-  const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
-  const keys = await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"]);
-  const certificate = await x509.X509CertificateGenerator.create({
-    serialNumber: `01${randomBytes(15).toString("hex")}`,
+  const issued = await issueCertificate(await loadDevCertificateAuthority(keyward.pki.dir), {
     subject: "O=Keyward tests, OU=no common name",
-    issuer: ca.certificate.subject,
-    notBefore: new Date(Date.now() - 60_000),
-    notAfter: new Date(Date.now() + 3_600_000),
-    signingAlgorithm: alg,
-    publicKey: keys.publicKey,
-    signingKey: ca.privateKey,
-    extensions: [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth], false),
-    ],
+    usage: "client",
   });
+  const certificate = new x509.X509Certificate(issued.certPem);
   expect(certificate.subject).not.toMatch(/CN=/);
   expect(certificate.getExtension(x509.SubjectAlternativeNameExtension)).toBeNull();
-  const keyDer = await webcrypto.subtle.exportKey("pkcs8", keys.privateKey);
-  const admin = credentials.get("admin")!;
-  return {
-    ca: admin.ca,
-    cert: Buffer.from(certificate.toString("pem")),
-    key: Buffer.from(x509.PemConverter.encode(keyDer, "PRIVATE KEY")),
-  };
+  return { ca: credentials.get("admin")!.ca, cert: Buffer.from(issued.certPem), key: Buffer.from(issued.keyPem) };
 }
 
 beforeAll(async () => {

@@ -1,5 +1,4 @@
 import "reflect-metadata";
-import { randomBytes, webcrypto } from "node:crypto";
 import { copyFile, rename, writeFile } from "node:fs/promises";
 import http2 from "node:http2";
 import { join } from "node:path";
@@ -54,29 +53,14 @@ async function certificateWithUsages(
   name: string,
   usages: string[] | null,
 ): Promise<{ cert: Buffer; key: Buffer; serial: string }> {
-  x509.cryptoProvider.set(webcrypto as never);
-  const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
-  const keys = await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"]);
-  const serial = `01${randomBytes(15).toString("hex")}`;
-  const certificate = await x509.X509CertificateGenerator.create({
-    serialNumber: serial,
-    subject: `CN=${name}`,
-    issuer: ca.certificate.subject,
-    notBefore: new Date(Date.now() - 60_000),
-    notAfter: new Date(Date.now() + 3_600_000),
-    signingAlgorithm: alg,
-    publicKey: keys.publicKey,
-    signingKey: ca.privateKey,
-    extensions: [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      ...(usages === null ? [] : [new x509.ExtendedKeyUsageExtension(usages, false)]),
-      new x509.SubjectAlternativeNameExtension([{ type: "url", value: `spiffe://keyward.local/${name}` }], false),
-    ],
+  const issued = await issueCertificate(ca, {
+    commonName: name,
+    usage: "client",
+    spiffeId: `spiffe://keyward.local/${name}`,
+    extendedKeyUsages: usages,
   });
-  expect(certificate.getExtension(x509.ExtendedKeyUsageExtension)?.usages ?? null).toEqual(usages);
-  const keyDer = await webcrypto.subtle.exportKey("pkcs8", keys.privateKey);
-  return { cert: Buffer.from(certificate.toString("pem")), key: Buffer.from(x509.PemConverter.encode(keyDer, "PRIVATE KEY")), serial };
+  expect(new x509.X509Certificate(issued.certPem).getExtension(x509.ExtendedKeyUsageExtension)?.usages ?? null).toEqual(usages);
+  return { cert: Buffer.from(issued.certPem), key: Buffer.from(issued.keyPem), serial: issued.serialNumber };
 }
 
 describe("mTLS", () => {
