@@ -1,18 +1,16 @@
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Code } from "@connectrpc/connect";
 import pg from "pg";
-import { afterAll, afterEach, describe, expect, inject, it } from "vitest";
-import { AccessService } from "../../gen/keyward/v1/access_pb.js";
-import { CryptoService } from "../../gen/keyward/v1/crypto_pb.js";
+import { afterEach, describe, expect, inject, it } from "vitest";
 import { createChainVerifier, GENESIS_HASH } from "../../src/domain/audit/chain.js";
 import type { AuditEvent } from "../../src/domain/audit/event.js";
 import { AUDIT_EVENT_COLUMNS, auditEventFromRow, type AuditEventRow } from "../../src/storage/pg/audit-repository.js";
+import { serviceClients, type ServiceClients } from "../helpers/clients.js";
 import { createScratch } from "../helpers/database.js";
-import { devCredentials, startTestKeyward, type ClientCredentials, type TestKeyward } from "../helpers/keyward.js";
-import { killServerProcesses, serveKeyward } from "../helpers/keyward-process.js";
+import { devCredentials, startTestKeyward, type TestKeyward } from "../helpers/keyward.js";
+import { cleanupAfterAll, serveKeyward } from "../helpers/keyward-process.js";
 import { startPrivatePostgres, type PrivatePostgres } from "../helpers/private-postgres.js";
 import { codeNames, pooled, timedCall, type CallOptions, type TimedOutcome } from "../helpers/timed-calls.js";
 
@@ -34,28 +32,15 @@ const ENCRYPT = "/keyward.v1.CryptoService/Encrypt";
 const databaseUrl = inject("databaseUrl");
 const scratch = createScratch("keyward-audit-faults-");
 
-afterAll(async () => {
-  killServerProcesses();
-  await scratch.cleanup();
-});
+cleanupAfterAll().push(() => scratch.cleanup());
 
 // ---------------------------------------------------------------------------
 // Calls
 
-interface Clients {
-  readonly access: Client<typeof AccessService>;
-  readonly crypto: Client<typeof CryptoService>;
-}
-
-function clients(url: string, credentials: ClientCredentials): Clients {
-  const transport = createGrpcTransport({ baseUrl: url, nodeOptions: credentials });
-  return { access: createClient(AccessService, transport), crypto: createClient(CryptoService, transport) };
-}
-
 /** How long a call took, as the client saw it. */
 const elapsedMs = (o: TimedOutcome) => o.endedAt - o.startedAt;
 
-const identityCalls = (c: Clients, prefix: string, count: number) =>
+const identityCalls = (c: ServiceClients, prefix: string, count: number) =>
   Array.from({ length: count }, (_, i) => () => timedCall(`${prefix}-${i}`, (o) => c.access.getCallerIdentity({}, o), 10_000));
 
 // ---------------------------------------------------------------------------
@@ -137,8 +122,8 @@ describe("three server processes on one database", () => {
     const expected = new Map<string, Expected>();
     const tasks: Array<() => Promise<TimedOutcome>> = [];
     servers.forEach((server, n) => {
-      const asService = clients(server.url, service);
-      const asAdmin = clients(server.url, admin);
+      const asService = serviceClients(server.url, service);
+      const asAdmin = serviceClients(server.url, admin);
       const add = (kind: string, count: number, want: Expected, call: (options: CallOptions) => Promise<unknown>) => {
         for (let i = 0; i < count; i++) {
           const label = `s${n}-${kind}-${i}`;
@@ -252,7 +237,7 @@ describe("fail-closed when the database is unavailable", () => {
       KEYWARD_AUDIT_TIMEOUT_MS: String(TIMEOUT_MS),
       KEYWARD_AUDIT_QUEUE_MAX: String(QUEUE_MAX),
     });
-    const c = clients(keyward.url, await keyward.credentials("service"));
+    const c = serviceClients(keyward.url, await keyward.credentials("service"));
     const okIds: string[] = [];
     // A call must end by its audit timeout plus the sweeper's tick and the
     // call's own work: well under timeout + 1 s. Measured by the server (the
@@ -364,7 +349,7 @@ describe("kill -9 under load", () => {
     const schema = scratch.freshSchema();
     const env = { KEYWARD_DATA_DIR: dataDir, DATABASE_URL: databaseUrl, KEYWARD_DB_SCHEMA: schema };
     const server = await serveKeyward(env);
-    const c = clients(server.url, await devCredentials(dataDir, "service"));
+    const c = serviceClients(server.url, await devCredentials(dataDir, "service"));
 
     // 48 callers in a loop until the process dies.
     const answered: string[] = [];
@@ -408,7 +393,7 @@ describe("kill -9 under load", () => {
 
     // A new server on the same schema appends after the old head.
     const again = await serveKeyward(env);
-    const c2 = clients(again.url, await devCredentials(dataDir, "service"));
+    const c2 = serviceClients(again.url, await devCredentials(dataDir, "service"));
     const outcomes = await pooled(identityCalls(c2, "after-restart", 50), 10);
     expect(codeNames(outcomes)).toEqual({ OK: 50 });
 
