@@ -5,7 +5,7 @@ import { parseArgs } from "node:util";
 import { DRAINING_MESSAGE, READY_MESSAGE, SHUTDOWN_MESSAGE } from "./cluster.js";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { DEV_CLIENTS, issueCertificate, loadDevCertificateAuthority } from "./dev/pki.js";
-import { createLogger } from "./log.js";
+import { createLogger, flushLog } from "./log.js";
 import type { RunningKeyward } from "./main.js";
 import { migrate } from "./storage/pg/migrate.js";
 import { runningPostmaster, startEmbeddedPostgres } from "./storage/pg/embedded.js";
@@ -69,8 +69,7 @@ async function serve(config: Config): Promise<number> {
   const onSignal = (signal: NodeJS.Signals) => {
     if (signalled && !cluster.isWorker) {
       log.warn({ signal }, "second signal: exiting without draining");
-      log.flush();
-      process.exit(1);
+      void flushLog(500).then(() => process.exit(1));
     }
     stop(signal);
   };
@@ -222,8 +221,10 @@ async function devPki(config: Config, args: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  // Give stdout (the JSON log) a turn to drain before exiting.
-  (code) => setImmediate(() => process.exit(code)),
+  async (code) => {
+    await flushLog();
+    process.exit(code);
+  },
   (err: unknown) => {
     process.stderr.write(`keyward: ${err instanceof ConfigError ? err.message : (err as Error).message}\n`);
     process.exit(err instanceof ConfigError ? 2 : 1);

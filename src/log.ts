@@ -30,6 +30,13 @@ export const REDACT_PATHS = [
   "*.databaseUrl",
 ];
 
+/**
+ * stdout, written asynchronously, shared by every logger of the process.
+ * pino writes out what is still queued at process.exit, but not the write
+ * in flight, which then lands after it or never: `flushLog` must run first.
+ */
+let stdout: ReturnType<typeof pino.destination> | undefined;
+
 /** The root logger: JSON lines on stdout (or `destination`), with redaction. */
 export function createLogger(level: LogLevel, destination?: DestinationStream): Logger {
   return pino(
@@ -40,8 +47,29 @@ export function createLogger(level: LogLevel, destination?: DestinationStream): 
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    destination,
+    destination ?? (stdout ??= pino.destination({ dest: 1, sync: false })),
   );
+}
+
+/**
+ * Resolves once every line logged to stdout so far is written, or after
+ * `timeoutMs` (a reader that stopped reading must not hold the exit).
+ */
+export function flushLog(timeoutMs = 2_000): Promise<void> {
+  const stream = stdout;
+  if (!stream) return Promise.resolve();
+  return new Promise((resolve) => {
+    const finish = () => {
+      clearTimeout(timer);
+      stream.off("drain", finish).off("error", finish);
+      resolve();
+    };
+    const timer = setTimeout(finish, timeoutMs);
+    // "drain" comes once nothing is queued or in flight; an empty write
+    // makes sure one comes even when the stream is idle already.
+    stream.once("drain", finish).once("error", finish);
+    stream.write("");
+  });
 }
 
 export type { Logger };
