@@ -1,8 +1,7 @@
 import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-
-const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
+import { REPO_ROOT } from "../helpers/keyward-process.js";
 
 /**
  * Runs `script` (an ES module, with `createLogger` and `flushLog` of
@@ -18,7 +17,7 @@ function runWithLateReader(script: string, readAfterMs: number): Promise<{ code:
       "tsx",
       "--input-type=module",
       "-e",
-      `const { createLogger, flushLog } = await import(${JSON.stringify(`${REPO_ROOT}src/log.ts`)});\n${script}`,
+      `const { createLogger, flushLog } = await import(${JSON.stringify(join(REPO_ROOT, "src/log.ts"))});\n${script}`,
     ],
     { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "inherit"] },
   );
